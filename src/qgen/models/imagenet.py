@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-import timm
 from torch import nn
 from torchvision import models as tv
 from torchvision.models import WeightsEnum
@@ -68,17 +67,20 @@ def mobilenet_v2(num_classes: int, *, pretrained: bool = False) -> nn.Module:
     )
 
 
+def timm_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+    """``timm.create_model``; timm is imported here because importing it costs every job ~1.5 s."""
+    import timm
+
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+
+
 @MODELS.register("deit_tiny_patch16_224")
 def deit_tiny_patch16_224(num_classes: int, *, pretrained: bool = False) -> nn.Module:
     """DeiT-Tiny (Touvron et al. 2021), timm weights ``deit_tiny_patch16_224.fb_in1k``."""
-    return timm.create_model(
-        "deit_tiny_patch16_224", pretrained=pretrained, num_classes=num_classes
-    )
+    return timm_model("deit_tiny_patch16_224", num_classes, pretrained)
 
 
 @MODELS.register("swin_tiny_patch4_window7_224")
 def swin_tiny_patch4_window7_224(num_classes: int, *, pretrained: bool = False) -> nn.Module:
     """Swin-T (Liu et al. 2021), timm weights ``swin_tiny_patch4_window7_224.ms_in1k``."""
-    return timm.create_model(
-        "swin_tiny_patch4_window7_224", pretrained=pretrained, num_classes=num_classes
-    )
+    return timm_model("swin_tiny_patch4_window7_224", num_classes, pretrained)
