@@ -1,0 +1,21 @@
+# QGen reproduction pipeline: data -> training (FP32 and LSQ int8/int4/int2) -> paper tables.
+# The experiment set lives in config.yaml (schema: workflow/schemas/config.schema.yaml); machines live in profiles/.
+from snakemake.utils import min_version
+
+min_version("9.14.1")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        paper_tables(),
+        all_run_metrics(),

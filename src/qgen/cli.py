@@ -1,0 +1,116 @@
+"""The ``qgen`` command: one subcommand per pipeline step; each Snakemake rule calls one of them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("qgen")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from qgen import data, files
+
+    data.prepare_dataset(args.dataset, args.root, download=not args.verify_only)
+    if args.marker:
+        files.write_json(args.marker, {"dataset": args.dataset, "root": str(args.root)})
+    log.info("%s is ready under %s", args.dataset, args.root)
+
+
+def _train(args: argparse.Namespace) -> None:
+    import torch
+
+    from qgen.experiments import RunSpec
+    from qgen.train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = RunSpec.from_dict(json.loads(args.spec))
+    train(spec, data_root=args.data_root, out_dir=args.out, ckpt_dir=args.ckpt_dir, device=args.device,
+          workers=args.workers)  # fmt: skip
+
+
+def _summarize(args: argparse.Namespace) -> None:
+    from qgen import tables
+
+    rows = json.loads(args.rows)
+    records = tables.table(args.table).summarize(tables.load_metrics(args.metrics), rows)
+    tables.write_csv(args.out, records)
+    log.info("wrote %s (%d rows)", args.out, len(records))
+
+
+def _render(args: argparse.Namespace) -> None:
+    from qgen import files, tables
+
+    context = tables.table(args.table).context(tables.read_csv(args.csv))
+    files.write_text(args.out, tables.render(args.template, context))
+    log.info("wrote %s", args.out)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from qgen import data, models
+
+    names = models.model_names() if args.what == "models" else data.dataset_names()
+    print("\n".join(names))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qgen", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="download and verify a dataset (or check a local tree)")
+    p.add_argument("dataset", help="dataset name (see `qgen list datasets`)")
+    p.add_argument("--root", type=Path, required=True, help="directory holding this dataset")
+    p.add_argument("--marker", type=Path, help="file written once the dataset is verified")
+    p.add_argument("--verify-only", action="store_true", help="never download; only verify what is there")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("train", help="train one run (resumes from --ckpt-dir)")
+    p.add_argument("--spec", required=True, help="the run as JSON (a qgen.experiments.RunSpec)")
+    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
+    p.add_argument("--out", type=Path, required=True, help="directory for model.pt, init.pt, metrics.json")
+    p.add_argument("--ckpt-dir", type=Path, required=True, help="directory for resumable state")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("summarize", help="summarise metrics.json files into a table's CSV")
+    p.add_argument("table", help="table name, e.g. table1")
+    p.add_argument("--rows", required=True, help="the table's rows as JSON (from config.yaml `tables`)")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write")
+    p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")
+    p.set_defaults(func=_summarize)
+
+    p = sub.add_parser("render", help="render a table's CSV to LaTeX")
+    p.add_argument("table", help="table name, e.g. table1")
+    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize`")
+    p.add_argument("--template", type=Path, required=True, help="jinja2 LaTeX template")
+    p.add_argument("--out", type=Path, required=True, help=".tex file to write")
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("list", help="list registered models or datasets")
+    p.add_argument("what", choices=["models", "datasets"])
+    p.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+    try:
+        args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        log.error("%s", exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Paper tables: summarise run results into tidy CSV files, then render CSV -> LaTeX with jinja2.
+
+Each table has two steps so that a table is always rendered from files, never from in-memory state:
+``summarize_*`` reads ``metrics.json`` files and returns rows (written as CSV), and :func:`render`
+fills a jinja2 template from that CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from qgen import data, files
+from qgen.experiments import RunSpec, select_runs
+from qgen.quant import PRECISIONS
+
+PRECISION_LABELS = {"fp32": "FP32", "int8": "Int8", "int4": "Int4", "int2": "Int2"}
+TABLE1_METRICS = {
+    "train_acc": ("train", "accuracy", 100.0),
+    "test_acc": ("test", "accuracy", 100.0),
+    "train_loss": ("train", "loss", 1.0),
+    "test_loss": ("test", "loss", 1.0),
+}
+
+
+def load_metrics(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """Read ``metrics.json`` files; a file without the expected keys is an error naming it."""
+    loaded = []
+    for path in paths:
+        metrics = files.read_json(path)
+        missing = {"spec", "status"} - set(metrics)
+        if missing:
+            raise ValueError(f"{path}: not a qgen metrics file (missing {sorted(missing)})")
+        loaded.append(metrics)
+    return loaded
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize_gaps(metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """Paper Table 1: per experiment and precision, mean/std of accuracies, losses and the gap.
+
+    ``rows`` lists ``{"experiment", "model"}`` (``model``: the display label) in table order. Diverged
+    runs are counted, not averaged.
+    """
+    out = []
+    for row in rows:
+        for precision in PRECISIONS:
+            runs = [m for m in metrics if m["spec"]["experiment"] == row["experiment"]
+                    and m["spec"]["precision"] == precision]  # fmt: skip
+            if not runs:
+                continue
+            ok = [m for m in runs if m["status"] == "ok"]
+            record: dict[str, Any] = {
+                "experiment": row["experiment"], "dataset": _dataset_label(runs[0]), "model": row["model"],
+                "precision": precision, "n_runs": len(runs), "n_diverged": len(runs) - len(ok),
+            }  # fmt: skip
+            for key, (split, field, scale) in TABLE1_METRICS.items():
+                record[f"{key}_mean"], record[f"{key}_std"] = _scaled(_mean_std([m[split][field] for m in ok]), scale)
+            record["gap_mean"], record["gap_std"] = _mean_std([m["generalization_gap"] for m in ok])
+            out.append(record)
+    return out
+
+
+def _dataset_label(metrics: Mapping[str, Any]) -> str:
+    return data.dataset_info(metrics["spec"]["dataset"]).label
+
+
+def _scaled(pair: tuple[float | None, float | None], scale: float) -> tuple[float | None, float | None]:
+    return tuple(None if v is None else v * scale for v in pair)  # type: ignore[return-value]
+
+
+def summarize_norms(metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Paper Table 2: ``||W||_2`` of one run per row and precision.
+
+    ``rows`` lists ``{"experiment", "where", "model"}``; ``where`` must pick exactly one
+    grid point of the experiment.
+    """
+    specs = [RunSpec.from_dict(m["spec"]) for m in metrics]
+    by_id = {spec.run_id: m for spec, m in zip(specs, metrics, strict=True)}
+    out = []
+    for row in rows:
+        chosen = select_runs(specs, row["experiment"], row.get("where"))
+        for precision in PRECISIONS:
+            matches = [s for s in chosen if s.precision == precision]
+            if len(matches) > 1:
+                raise ValueError(f"table row {row['model']!r} matches {len(matches)} runs at {precision}; "
+                                 f"narrow its 'where' to one grid point: {[s.point for s in matches]}")  # fmt: skip
+            if matches:
+                m = by_id[matches[0].run_id]
+                out.append({"experiment": row["experiment"], "dataset": _dataset_label(m), "model": row["model"],
+                            "precision": precision, "status": m["status"],
+                            "weight_norm": m.get("weight_norm")})  # fmt: skip
+    return out
+
+
+def write_csv(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``records`` as CSV (empty cells for ``None``); an empty table is an error."""
+    if not records:
+        raise ValueError(f"{path}: no rows to write; do the table's runs exist in the config?")
+    header = list(records[0])
+    lines = [",".join(header)]
+    for r in records:
+        lines.append(",".join(_csv_cell(r[k]) for k in header))
+    files.write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    text = repr(value) if isinstance(value, float) else str(value)
+    return f'"{text}"' if "," in text or '"' in text else text
+
+
+def read_csv(path: Path | str) -> list[dict[str, Any]]:
+    """Read a summary CSV back, turning numeric cells into numbers and empty cells into ``None``."""
+    with open(path, newline="") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def latex_escape(text: str) -> str:
+    """Escape the LaTeX special characters of a plain-text label."""
+    special = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+               "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
+    return "".join(special.get(c, c) for c in str(text))
+
+
+def fmt(value: float | None, digits: int) -> str:
+    """A number with ``digits`` decimals, or an en dash for a missing value."""
+    return "--" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_mean_std(mean: float | None, std: float | None, digits: int) -> str:
+    """``mean ± std`` in LaTeX, or the mean alone where the std is undefined (a single run)."""
+    if std is None:
+        return fmt(mean, digits)
+    return f"{mean:.{digits}f} $\\pm$ {std:.{digits}f}"
+
+
+def gaps_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of Table 1: the summary rows as they are, one per experiment and precision."""
+    return {"rows": list(records)}
+
+
+def norms_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of Table 2: one row per (dataset, model) with a column per precision."""
+    pivot: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        row = pivot.setdefault((r["dataset"], r["model"]), {"dataset": r["dataset"], "model": r["model"], "norm": {}})
+        row["norm"][r["precision"]] = r["weight_norm"] if r["status"] == "ok" else None
+    return {"rows": list(pivot.values()), "precisions": ["int2", "int4", "int8", "fp32"]}
+
+
+@dataclass(frozen=True)
+class Table:
+    """How one paper table is built: metrics -> summary rows, summary rows -> template context."""
+
+    summarize: Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+    context: Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]
+
+
+TABLES: dict[str, Table] = {
+    "table1": Table(summarize_gaps, gaps_context),
+    "table2": Table(summarize_norms, norms_context),
+}
+
+
+def table(name: str) -> Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}") from None
+
+
+def render(template: Path | str, context: Mapping[str, Any]) -> str:
+    """Fill a LaTeX jinja2 template; blocks are ``\\BLOCK{...}``, values ``\\VAR{...}``, comments ``\\#{...}``."""
+    path = Path(template)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(path.parent),
+        block_start_string=r"\BLOCK{", block_end_string="}",
+        variable_start_string=r"\VAR{", variable_end_string="}",
+        comment_start_string=r"\#{", comment_end_string="}",
+        trim_blocks=True, lstrip_blocks=True, autoescape=False,
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+    )  # fmt: skip
+    env.filters |= {"esc": latex_escape, "fmt": fmt}
+    env.globals |= {"fmt_mean_std": fmt_mean_std, "precision_label": PRECISION_LABELS.get,
+                    "groupby_first": _first_of_group}  # fmt: skip
+    return env.get_template(path.name).render(**context)
+
+
+def _first_of_group(records: Sequence[Mapping[str, Any]], index: int, *keys: str) -> bool:
+    """Whether ``records[index]`` starts a new group of equal ``keys`` (for multirow-style labels)."""
+    return index == 0 or any(records[index][k] != records[index - 1][k] for k in keys)

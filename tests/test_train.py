@@ -1,0 +1,167 @@
+"""Training: resume after SIGKILL equals an uninterrupted run, epoch selection, divergence, outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from qgen import data, quant
+from qgen.experiments import RunSpec
+from qgen.train import build_model, build_optimizer, train
+
+SPEC = RunSpec(
+    experiment="nin_digits", point="depth2-width2_sgd-lr0.05_wd0.0001", precision="int4", dataset="digits",
+    model="nin", model_args={"depth": 2, "width": 2}, optimizer="sgd", lr=0.05, weight_decay=1e-4, epochs=5,
+    batch_size=64, milestones=[3], n_train=640, n_test=200,
+)  # fmt: skip
+
+
+def cli_train(spec: RunSpec, tmp: Path, name: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "qgen.cli", "train", "--spec", spec.to_json(), "--data-root", str(tmp / "data"),
+           "--out", str(tmp / name / "out"), "--ckpt-dir", str(tmp / name / "ckpt"), "--threads", "1"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def saved_epoch(state: Path) -> int:
+    try:
+        return torch.load(state, map_location="cpu", weights_only=False)["epoch"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference = cli_train(SPEC, tmp_path, "reference")
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+
+    victim = cli_train(SPEC, tmp_path, "victim")
+    state = tmp_path / "victim" / "ckpt" / "state.pt"
+    deadline = time.monotonic() + 240
+    while saved_epoch(state) < 2 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    killed_at = saved_epoch(state)
+    assert 2 <= killed_at < SPEC.epochs, "the run must be killed part-way"
+    assert not (tmp_path / "victim" / "out" / "metrics.json").exists()
+
+    resumed = cli_train(SPEC, tmp_path, "victim")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming after epoch {killed_at} of {SPEC.epochs}" in log
+
+    ref = torch.load(tmp_path / "reference" / "out" / "model.pt", weights_only=False)["state_dict"]
+    got = torch.load(tmp_path / "victim" / "out" / "model.pt", weights_only=False)["state_dict"]
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+    ref_metrics = json.loads((tmp_path / "reference" / "out" / "metrics.json").read_text())
+    got_metrics = json.loads((tmp_path / "victim" / "out" / "metrics.json").read_text())
+    assert got_metrics["history"] == [
+        {**h, "images_per_s": g["images_per_s"]} for h, g in zip(ref_metrics["history"], got_metrics["history"])
+    ]
+    assert got_metrics["train"] == ref_metrics["train"] and got_metrics["test"] == ref_metrics["test"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    metrics = train(SPEC, data_root=tmp / "data", out_dir=tmp / "out", ckpt_dir=tmp / "ckpt", device="cpu")
+    return tmp, metrics
+
+
+def test_metrics_record_the_selected_epoch_and_the_run(finished: tuple[Path, dict]) -> None:
+    tmp, metrics = finished
+    on_disk = json.loads((tmp / "out" / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    losses = [h["loss"] for h in metrics["history"]]
+    assert metrics["status"] == "ok" and len(losses) == SPEC.epochs
+    assert metrics["selected_epoch"] == 1 + losses.index(min(losses))
+    assert metrics["spec"] == dataclasses.asdict(SPEC)
+    assert metrics["generalization_gap"] == pytest.approx(metrics["test"]["loss"] - metrics["train"]["loss"])
+    assert {"torch", "torchvision", "qgen", "python"} <= set(metrics["versions"])
+    assert metrics["device"] == "cpu" and metrics["wall_time_s"] > 0
+    assert set(metrics["step_sizes"]) == set(quant.step_sizes(build_model(SPEC)))
+
+
+def test_saved_model_reproduces_the_reported_train_and_test_metrics(finished: tuple[Path, dict]) -> None:
+    """Independent re-evaluation of model.pt with a plain loop over the raw split."""
+    tmp, metrics = finished
+    model = build_model(SPEC)
+    model.load_state_dict(torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"])
+    model.eval()
+    for split, n in (("train", SPEC.n_train), ("test", SPEC.n_test)):
+        loader = data.build_loader("digits", split, root=tmp / "data", batch_size=1000, augment=False,
+                                   shuffle=False, seed=SPEC.seed, subset=n)  # fmt: skip
+        images, labels = map(torch.cat, zip(*loader))
+        with torch.no_grad():
+            logits = model(images)
+        assert len(labels) == n
+        assert F.cross_entropy(logits, labels).item() == pytest.approx(metrics[split]["loss"], rel=1e-5)
+        assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(metrics[split]["accuracy"])
+
+
+def test_init_weights_are_the_weights_before_training(finished: tuple[Path, dict]) -> None:
+    tmp, _ = finished
+    torch.manual_seed(SPEC.seed)
+    fresh = build_model(SPEC).state_dict()
+    init = torch.load(tmp / "out" / "init.pt", weights_only=False)["state_dict"]
+    trained = torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(fresh[k], init[k]) for k in fresh)
+    assert not torch.equal(init["blocks.1.conv1.parametrizations.weight.original"],
+                           trained["blocks.1.conv1.parametrizations.weight.original"])  # fmt: skip
+
+
+def test_finished_run_is_not_retrained(finished: tuple[Path, dict]) -> None:
+    tmp, metrics = finished
+    again = train(SPEC, data_root=tmp / "data", out_dir=tmp / "out2", ckpt_dir=tmp / "ckpt", device="cpu")
+    assert again["history"] == metrics["history"] and again["train"] == metrics["train"]
+
+
+def test_checkpoint_of_another_configuration_is_refused(finished: tuple[Path, dict]) -> None:
+    tmp, _ = finished
+    other = dataclasses.replace(SPEC, lr=0.01)
+    with pytest.raises(ValueError, match="different run configuration"):
+        train(other, data_root=tmp / "data", out_dir=tmp / "x", ckpt_dir=tmp / "ckpt", device="cpu")
+
+
+def test_diverged_run_is_recorded_not_raised(tmp_path: Path) -> None:
+    spec = dataclasses.replace(SPEC, lr=1e12, momentum=0.9, epochs=3, precision="fp32")
+    metrics = train(spec, data_root=tmp_path / "data", out_dir=tmp_path / "out", ckpt_dir=tmp_path / "ckpt",
+                    device="cpu")  # fmt: skip
+    assert metrics["status"] == "diverged" and metrics["diverged_at_epoch"] >= 1
+    assert "train" not in metrics and (tmp_path / "out" / "model.pt").exists()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("step_weight_decay", [False, True])
+def test_step_sizes_get_weight_decay_only_when_asked(step_weight_decay: bool) -> None:
+    spec = dataclasses.replace(SPEC, step_weight_decay=step_weight_decay)
+    model = build_model(spec)
+    optimizer = build_optimizer(model, spec)
+    steps = {id(p) for p in quant.step_parameters(model)}
+    for group in optimizer.param_groups:
+        is_steps = all(id(p) in steps for p in group["params"])
+        expected = spec.weight_decay if (not is_steps or step_weight_decay) else 0.0
+        assert group["weight_decay"] == expected
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_cli_reports_bad_spec_without_traceback(tmp_path: Path) -> None:
+    spec = json.loads(SPEC.to_json()) | {"optimizer": "lbfgs"}
+    proc = subprocess.run([sys.executable, "-m", "qgen.cli", "train", "--spec", json.dumps(spec), "--data-root",
+                           str(tmp_path), "--out", str(tmp_path / "o"), "--ckpt-dir", str(tmp_path / "c")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    assert proc.returncode == 1
+    assert "lbfgs" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -1,0 +1,79 @@
+# Helpers shared by all rules: config validation, the run table, wildcard constraints, input functions.
+# Only the standard library and qgen.experiments are imported here, so building the DAG never imports torch.
+import json
+import os
+
+from snakemake.utils import validate
+
+from qgen.experiments import expand_runs, experiments_by_name, select_runs
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RUNS = {run.run_id: run for run in expand_runs(config)}
+EXPERIMENTS = experiments_by_name(config)
+
+
+wildcard_constraints:
+    experiment="[A-Za-z0-9_]+",
+    precision="|".join(config["precisions"]),
+    point="[^/]+",
+    dataset="[a-z0-9_]+",
+    table="|".join(config["tables"]),
+
+
+def dataset_root(dataset):
+    """Where a dataset lives: an explicit `data_roots` entry, else data/<dataset>."""
+    return config.get("data_roots", {}).get(dataset, f"data/{dataset}")
+
+
+def download_root(wildcards):
+    return dataset_root(wildcards.dataset)
+
+
+def run_dir(wildcards, output):
+    return os.path.dirname(output.metrics)
+
+
+def run_of(wildcards):
+    return RUNS[f"{wildcards.experiment}/{wildcards.precision}/{wildcards.point}"]
+
+
+def train_data_marker(wildcards):
+    return expand("results/data/{dataset}.ready.json", dataset=run_of(wildcards).dataset)
+
+
+def train_spec(wildcards):
+    return run_of(wildcards).to_json()
+
+
+def train_data_root(wildcards):
+    return dataset_root(run_of(wildcards).dataset)
+
+
+def table_runs(name):
+    """The runs a table summarises: whole experiments (Table 1) or one grid point per row (Table 2)."""
+    chosen = []
+    for row in config["tables"][name]:
+        chosen += select_runs(RUNS.values(), row["experiment"], row.get("where"))
+    return chosen
+
+
+def table_metrics(wildcards):
+    return expand("results/runs/{run_id}/metrics.json", run_id=[r.run_id for r in table_runs(wildcards.table)])
+
+
+def table_rows(wildcards):
+    """The table's rows as JSON, each labelled with the experiment's model label unless it has its own."""
+    rows = []
+    for row in config["tables"][wildcards.table]:
+        label = row.get("label", EXPERIMENTS[row["experiment"]]["label"])
+        rows.append({"experiment": row["experiment"], "model": label, "where": row.get("where", {})})
+    return json.dumps(rows)
+
+
+def paper_tables():
+    return expand("paper_tables/{table}.tex", table=list(config["tables"]))
+
+
+def all_run_metrics():
+    return expand("results/runs/{run_id}/metrics.json", run_id=list(RUNS))

@@ -1,0 +1,29 @@
+rule summarize_table:
+    input:
+        table_metrics,
+    output:
+        "results/summary/{table}.csv",
+    log:
+        "logs/tables/{table}.summarize.log",
+    params:
+        rows=table_rows,
+    localrule: True
+    conda:
+        "../../envs/qgen.yaml"
+    shell:
+        "qgen summarize {wildcards.table} --rows {params.rows:q} --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule render_table:
+    input:
+        csv="results/summary/{table}.csv",
+        template="workflow/templates/{table}.tex.j2",
+    output:
+        "paper_tables/{table}.tex",
+    log:
+        "logs/tables/{table}.render.log",
+    localrule: True
+    conda:
+        "../../envs/qgen.yaml"
+    shell:
+        "qgen render {wildcards.table} --csv {input.csv:q} --template {input.template:q} --out {output:q} > {log:q} 2>&1"
