@@ -39,7 +39,9 @@ def run_of(wildcards):
 
 
 def train_data_marker(wildcards):
-    return expand("results/data/{dataset}.ready.json", dataset=run_of(wildcards).dataset)
+    return expand(
+        "results/data/{dataset}.ready.json", dataset=run_of(wildcards).dataset
+    )
 
 
 def train_spec(wildcards):
@@ -59,7 +61,10 @@ def table_runs(name):
 
 
 def table_metrics(wildcards):
-    return expand("results/runs/{run_id}/metrics.json", run_id=[r.run_id for r in table_runs(wildcards.table)])
+    return expand(
+        "results/runs/{run_id}/metrics.json",
+        run_id=[r.run_id for r in table_runs(wildcards.table)],
+    )
 
 
 def table_rows(wildcards):
@@ -67,8 +72,21 @@ def table_rows(wildcards):
     rows = []
     for row in config["tables"][wildcards.table]:
         label = row.get("label", EXPERIMENTS[row["experiment"]]["label"])
-        rows.append({"experiment": row["experiment"], "model": label, "where": row.get("where", {})})
+        rows.append(
+            {
+                "experiment": row["experiment"],
+                "model": label,
+                "where": row.get("where", {}),
+            }
+        )
     return json.dumps(rows)
+
+
+def table_template(wildcards):
+    """The jinja2 template of a table, found beside the Snakefile whatever the working directory."""
+    return os.path.join(
+        workflow.basedir, "workflow", "templates", f"{wildcards.table}.tex.j2"
+    )
 
 
 def paper_tables():

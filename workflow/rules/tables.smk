@@ -5,11 +5,11 @@ rule summarize_table:
         "results/summary/{table}.csv",
     log:
         "logs/tables/{table}.summarize.log",
-    params:
-        rows=table_rows,
     localrule: True
     conda:
         "../../envs/qgen.yaml"
+    params:
+        rows=table_rows,
     shell:
         "qgen summarize {wildcards.table} --rows {params.rows:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
@@ -17,7 +17,7 @@ rule summarize_table:
 rule render_table:
     input:
         csv="results/summary/{table}.csv",
-        template="workflow/templates/{table}.tex.j2",
+        template=table_template,
     output:
         "paper_tables/{table}.tex",
     log:

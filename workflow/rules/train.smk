@@ -7,15 +7,15 @@ rule train:
         metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
     log:
         "logs/train/{experiment}/{precision}/{point}.log",
+    conda:
+        "../../envs/qgen.yaml"
+    threads: 1
     params:
         spec=train_spec,
         data_root=train_data_root,
         out_dir=run_dir,
         ckpt_dir="results/checkpoints/{experiment}/{precision}/{point}",
         code_version=config["code_version"],
-    threads: 1
-    conda:
-        "../../envs/qgen.yaml"
     shell:
         "qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
         " --out {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"

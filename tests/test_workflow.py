@@ -1,0 +1,159 @@
+"""The Snakemake workflow: lint, the planned DAG of the paper config, config validation, an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qgen import tables
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    stats = output.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE) if m[1] != "total"}
+
+
+def expected_train_jobs(config: dict) -> int:
+    """Training jobs of a config, counted from its grids independently of qgen.experiments."""
+    total = 0
+    for exp in config["experiments"]:
+        grid = exp["grid"]
+        points = math.prod(len(v) for v in grid.get("model", {}).values())
+        points *= sum(len(lrs) for lrs in grid["optimizer"].values()) * len(grid["weight_decay"])
+        total += points * len(exp.get("precisions", config["precisions"]))
+    return total
+
+
+def test_lint_is_clean() -> None:
+    proc = snakemake("--lint")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakefmt_is_clean() -> None:
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_dry_run_of_the_paper_config_plans_every_training_job() -> None:
+    proc = snakemake("-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert jobs["train"] == expected_train_jobs(config) == 1944 + 11 * 4
+    assert jobs["download"] == 3 and jobs["render_table"] == 2
+
+
+def test_table2_target_plans_only_its_own_runs() -> None:
+    proc = snakemake("paper_tables/table2.tex", "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["train"] == 10 * 4 and jobs["render_table"] == 1 and jobs["summarize_table"] == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda c: c | {"epochz": 3}, "'epochz' was unexpected"),
+        (lambda c: c | {"experiments": [c["experiments"][0] | {"lr": 0.1}]}, "'lr' was unexpected"),
+        (lambda c: c | {"precisions": ["fp32", "int3"]}, "'int3' is not one of"),
+        (lambda c: c | {"experiments": [c["experiments"][0] | {"epochs": 0}]}, "0 is less than the minimum of 1"),
+    ],
+    ids=["top-level-key", "experiment-key", "precision-value", "epochs-value"],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path: Path, edit, named: str) -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(edit(config)))
+    proc = snakemake("-n", "--configfile", str(bad))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Error validating config file" in output and named in output
+    assert "rule train" not in output
+
+
+MINI_CONFIG = {
+    "code_version": 1,
+    "precisions": ["fp32", "int8", "int4", "int2"],
+    "experiments": [{"name": "nin_digits", "label": "NiN", "dataset": "digits", "model": "nin",
+                     "grid": {"model": {"width": [1]}, "optimizer": {"sgd": [0.05]}, "weight_decay": [0.0001]},
+                     "epochs": 2, "batch_size": 64, "milestones": [1], "n_train": 512, "n_test": 128}],
+    "tables": {"table1": [{"experiment": "nin_digits"}],
+               "table2": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}]},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole DAG on digits with a one-point grid, run in a scratch working directory."""
+    workdir = tmp_path_factory.mktemp("workdir")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(MINI_CONFIG))
+    proc = snakemake("--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
+                     "--set-threads", "train=1", cwd=workdir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return workdir
+
+
+def test_end_to_end_tables_hold_the_runs_numbers(mini_run: Path) -> None:
+    metrics = {p.parent.parent.name: json.loads(p.read_text()) for p in mini_run.glob("results/runs/*/*/*/metrics.json")}
+    assert sorted(metrics) == ["fp32", "int2", "int4", "int8"]
+    assert all(m["status"] == "ok" and len(m["history"]) == 2 for m in metrics.values())
+
+    table1 = (mini_run / "paper_tables" / "table1.tex").read_text()
+    for precision, m in metrics.items():
+        line = next(x for x in table1.splitlines() if f"& {tables.PRECISION_LABELS[precision]} &" in x)
+        cells = [c.strip() for c in line.rstrip("\\ ").split("&")][3:]
+        assert cells == ["1", "0", f"{100 * m['train']['accuracy']:.2f}", f"{100 * m['test']['accuracy']:.2f}",
+                         f"{m['train']['loss']:.3f}", f"{m['test']['loss']:.3f}",
+                         f"{m['test']['loss'] - m['train']['loss']:.3f}"]  # fmt: skip
+
+    table2 = (mini_run / "paper_tables" / "table2.tex").read_text()
+    norms = " & ".join(f"{metrics[p]['weight_norm']:.3f}" for p in ("int2", "int4", "int8", "fp32"))
+    assert f"Digits & NiN (2x1) & {norms} \\\\" in table2
+
+
+def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: Path) -> None:
+    args = ("--snakefile", str(ROOT / "Snakefile"), "--directory", str(mini_run), "--cores", "1")
+    assert "Nothing to be done" in snakemake(*args, "-n", cwd=mini_run).stdout
+    (mini_run / "paper_tables" / "table2.tex").unlink()
+    proc = snakemake("paper_tables/table2.tex", *args, "-n", "--quiet", "rules", cwd=mini_run)
+    assert planned_jobs(proc.stdout + proc.stderr) == {"render_table": 1}
+    assert snakemake("paper_tables/table2.tex", *args, cwd=mini_run).returncode == 0
+    assert (mini_run / "paper_tables" / "table2.tex").exists()
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex missing; `make test` installs it")
+def test_end_to_end_tables_compile(mini_run: Path, tmp_path: Path) -> None:
+    body = "\n".join((mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2"))
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                      + body + "\n\\end{document}\n")  # fmt: skip
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
+    """The README's demo command, in a copy of the repository."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    proc = snakemake("--profile", "profiles/demo", cwd=clone, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for name in ("table1", "table2"):
+        assert (clone / "paper_tables" / f"{name}.tex").read_text().count("Digits") == 1
