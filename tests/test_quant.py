@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from qgen import quant
 
@@ -142,3 +143,26 @@ def test_state_dict_round_trip_restores_steps() -> None:
     fresh = quant.quantize_model(small_net(), 4)
     fresh.load_state_dict(model.state_dict())
     assert quant.step_sizes(fresh)["3"] == pytest.approx(0.123)
+
+
+@pytest.mark.parametrize("name", ["nin", "resnet18_cifar", "resnet50_cifar", "vgg19_cifar", "mobilenet_v1_cifar",
+                                  "resnet18", "mobilenet_v2", "deit_tiny_patch16_224",
+                                  "swin_tiny_patch4_window7_224"])  # fmt: skip
+def test_skipped_layers_are_the_first_and_last_executed(name: str) -> None:
+    """The default policy skips layers by definition order; check that order against a forward trace."""
+    from qgen.models import create_model
+
+    model = create_model(name, 10).eval()
+    executed: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, *_: executed.append(mod)) for m in model.modules()
+             if isinstance(m, quant.QUANTIZABLE)]  # fmt: skip
+    size = 32 if name.endswith("_cifar") or name == "nin" else 224
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    defined = [m for m in model.modules() if isinstance(m, quant.QUANTIZABLE)]
+    assert executed[0] is defined[0] and executed[-1] is defined[-1]
+    quant.quantize_model(model, 4)
+    assert not parametrize.is_parametrized(defined[0]) and not parametrize.is_parametrized(defined[-1])
+    assert len(quant.step_sizes(model)) == len(defined) - 2
