@@ -40,6 +40,21 @@ def expected_train_jobs(config: dict) -> int:
     return total
 
 
+def test_schema_enums_match_the_registries() -> None:
+    from qgen.data import dataset_names
+    from qgen.models import model_names
+    from qgen.quant import PRECISIONS
+    from qgen.train import OPTIMIZERS, SELECTION
+
+    defs = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())["$defs"]
+    assert sorted(defs["model"]["enum"]) == model_names()
+    assert sorted(defs["dataset"]["enum"]) == dataset_names()
+    assert defs["precision"]["enum"] == list(PRECISIONS)
+    experiment = defs["experiment"]["properties"]
+    assert experiment["grid"]["properties"]["optimizer"]["propertyNames"]["enum"] == list(OPTIMIZERS)
+    assert experiment["select_by"]["enum"] == list(SELECTION)
+
+
 def test_lint_is_clean() -> None:
     proc = snakemake("--lint")
     assert proc.returncode == 0, proc.stdout + proc.stderr
