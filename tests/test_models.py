@@ -30,15 +30,10 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def feature_shapes(
-    model: nn.Module, stages: nn.Sequential, x: torch.Tensor
-) -> list[tuple[int, ...]]:
+def feature_shapes(model: nn.Module, stages: nn.Sequential, x: torch.Tensor) -> list[tuple[int, ...]]:
     """The output shape (without batch) of each child of ``stages`` when ``model`` runs on ``x``."""
     shapes: list[tuple[int, ...]] = []
-    hooks = [
-        s.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
-        for s in stages
-    ]
+    hooks = [s.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:]))) for s in stages]
     with torch.no_grad():
         model.eval()(x)
     for hook in hooks:
@@ -98,9 +93,7 @@ def test_nin_halves_resolution_per_block_and_returns_non_negative_logits() -> No
     ("name", "input_size", "batch"),
     [(name, 32, 2) for name in CIFAR_MODELS] + [(name, 224, 1) for name in IMAGENET_MODELS],
 )
-def test_every_model_runs_forward_with_the_right_output_shape(
-    name: str, input_size: int, batch: int
-) -> None:
+def test_every_model_runs_forward_with_the_right_output_shape(name: str, input_size: int, batch: int) -> None:
     model = create_model(name, 7).eval()
     with torch.no_grad():
         logits = model(torch.randn(batch, 3, input_size, input_size))
@@ -168,9 +161,7 @@ def test_pretrained_resnet18_loads_torchvision_weights_from_the_hub_cache(
     assert (imagenet["conv1.weight"] == 0.125).all()
 
     finetune = create_model("resnet18", 10, pretrained=True)
-    backbone = {
-        key: value for key, value in finetune.state_dict().items() if not key.startswith("fc.")
-    }
+    backbone = {key: value for key, value in finetune.state_dict().items() if not key.startswith("fc.")}
     assert backbone.keys() == {key for key in expected if not key.startswith("fc.")}
     assert all(torch.equal(backbone[key], expected[key]) for key in backbone)
     assert finetune.fc.weight.shape == (10, 512)
@@ -182,9 +173,7 @@ def test_unknown_model_name_lists_the_known_ones() -> None:
     assert all(name in str(error.value) for name in model_names())
 
 
-@pytest.mark.parametrize(
-    ("name", "kwarg"), [("resnet18_cifar", "widht"), ("vgg19_cifar", "pretrained")]
-)
+@pytest.mark.parametrize(("name", "kwarg"), [("resnet18_cifar", "widht"), ("vgg19_cifar", "pretrained")])
 def test_unknown_keyword_argument_is_named(name: str, kwarg: str) -> None:
     with pytest.raises(TypeError, match=f"'{kwarg}'"):
         create_model(name, 10, **{kwarg: 1})

@@ -19,7 +19,9 @@ def closed_form(w: torch.Tensor, s: float, bits: int) -> tuple[torch.Tensor, tor
     below, above = v <= q_n, v >= q_p
     w_hat = torch.where(below, q_n * s, torch.where(above, q_p * s, torch.round(v) * s))
     d_w = (~below & ~above).to(w.dtype)
-    d_s = torch.where(below, torch.full_like(v, q_n), torch.where(above, torch.full_like(v, q_p), torch.round(v) - v))
+    d_s = torch.where(
+        below, torch.full_like(v, q_n), torch.where(above, torch.full_like(v, q_p), torch.round(v) - v)
+    )
     return w_hat, d_w, d_s
 
 
@@ -85,11 +87,16 @@ def test_level_bounds_and_precisions() -> None:
 def small_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 1), nn.ReLU(),
-        nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(8, 5),
-    )  # fmt: skip
+    )
 
 
 def test_quantize_model_skips_first_and_last_by_default() -> None:
@@ -145,17 +152,31 @@ def test_state_dict_round_trip_restores_steps() -> None:
     assert quant.step_sizes(fresh)["3"] == pytest.approx(0.123)
 
 
-@pytest.mark.parametrize("name", ["nin", "resnet18_cifar", "resnet50_cifar", "vgg19_cifar", "mobilenet_v1_cifar",
-                                  "resnet18", "mobilenet_v2", "deit_tiny_patch16_224",
-                                  "swin_tiny_patch4_window7_224"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nin",
+        "resnet18_cifar",
+        "resnet50_cifar",
+        "vgg19_cifar",
+        "mobilenet_v1_cifar",
+        "resnet18",
+        "mobilenet_v2",
+        "deit_tiny_patch16_224",
+        "swin_tiny_patch4_window7_224",
+    ],
+)
 def test_skipped_layers_are_the_first_and_last_executed(name: str) -> None:
     """The default policy skips layers by definition order; check that order against a forward trace."""
     from qgen.models import create_model
 
     model = create_model(name, 10).eval()
     executed: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, *_: executed.append(mod)) for m in model.modules()
-             if isinstance(m, quant.QUANTIZABLE)]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda mod, *_: executed.append(mod))
+        for m in model.modules()
+        if isinstance(m, quant.QUANTIZABLE)
+    ]
     size = 32 if name.endswith("_cifar") or name == "nin" else 224
     with torch.no_grad():
         model(torch.randn(1, 3, size, size))

@@ -18,10 +18,19 @@ TEMPLATES = ROOT / "workflow" / "templates"
 
 CONFIG = {
     "precisions": ["fp32", "int8", "int4", "int2"],
-    "experiments": [{"name": "nin_toy", "label": "NiN", "dataset": "digits", "model": "nin",
-                     "grid": {"model": {"width": [1, 2]}, "optimizer": {"sgd": [0.1]}, "weight_decay": [0, 1e-4]},
-                     "epochs": 1, "batch_size": 4, "milestones": [1]}],
-}  # fmt: skip
+    "experiments": [
+        {
+            "name": "nin_toy",
+            "label": "NiN",
+            "dataset": "digits",
+            "model": "nin",
+            "grid": {"model": {"width": [1, 2]}, "optimizer": {"sgd": [0.1]}, "weight_decay": [0, 1e-4]},
+            "epochs": 1,
+            "batch_size": 4,
+            "milestones": [1],
+        }
+    ],
+}
 
 
 def fake_metrics(seed: int = 0, diverged: set[str] | None = None) -> list[dict]:
@@ -29,10 +38,15 @@ def fake_metrics(seed: int = 0, diverged: set[str] | None = None) -> list[dict]:
     out = []
     for i, spec in enumerate(expand_runs(CONFIG)):
         train_loss, test_loss = 0.1 + 0.01 * i + seed, 0.5 + 0.03 * i * i
-        m = {"spec": json.loads(spec.to_json()), "status": "ok", "run_id": spec.run_id,
-             "train": {"loss": train_loss, "accuracy": 0.9 - 0.001 * i},
-             "test": {"loss": test_loss, "accuracy": 0.8 - 0.002 * i},
-             "generalization_gap": test_loss - train_loss, "weight_norm": 10.0 + i}  # fmt: skip
+        m = {
+            "spec": json.loads(spec.to_json()),
+            "status": "ok",
+            "run_id": spec.run_id,
+            "train": {"loss": train_loss, "accuracy": 0.9 - 0.001 * i},
+            "test": {"loss": test_loss, "accuracy": 0.8 - 0.002 * i},
+            "generalization_gap": test_loss - train_loss,
+            "weight_norm": 10.0 + i,
+        }
         if diverged and spec.run_id in diverged:
             m = {"spec": m["spec"], "status": "diverged", "run_id": spec.run_id}
         out.append(m)
@@ -48,7 +62,9 @@ def test_gap_summary_matches_hand_computation() -> None:
     assert rows[0]["n_runs"] == 4 and rows[0]["n_diverged"] == 0 and rows[0]["dataset"] == "Digits"
     assert rows[0]["gap_mean"] == pytest.approx(statistics.mean(gaps))
     assert rows[0]["gap_std"] == pytest.approx(statistics.stdev(gaps))
-    assert rows[0]["test_acc_mean"] == pytest.approx(100 * statistics.mean(m["test"]["accuracy"] for m in fp32))
+    assert rows[0]["test_acc_mean"] == pytest.approx(
+        100 * statistics.mean(m["test"]["accuracy"] for m in fp32)
+    )
     int2 = rows[3]
     assert int2["n_runs"] == 4 and int2["n_diverged"] == 1
     ok = [m for m in metrics if m["spec"]["precision"] == "int2" and m["status"] == "ok"]
@@ -59,8 +75,11 @@ def test_norm_summary_picks_one_point_per_row() -> None:
     metrics = fake_metrics()
     rows = [{"experiment": "nin_toy", "model": "NiN (x1)", "where": {"width": 1, "weight_decay": 0.0}}]
     summary = tables.summarize_norms(metrics, rows)
-    expected = {m["spec"]["precision"]: m["weight_norm"] for m in metrics
-                if m["spec"]["model_args"] == {"width": 1} and m["spec"]["weight_decay"] == 0.0}  # fmt: skip
+    expected = {
+        m["spec"]["precision"]: m["weight_norm"]
+        for m in metrics
+        if m["spec"]["model_args"] == {"width": 1} and m["spec"]["weight_decay"] == 0.0
+    }
     assert {r["precision"]: r["weight_norm"] for r in summary} == expected
     with pytest.raises(ValueError, match="narrow its 'where'"):
         tables.summarize_norms(metrics, [{"experiment": "nin_toy", "model": "NiN", "where": {"width": 1}}])
@@ -84,7 +103,9 @@ def test_latex_escape_and_formatting() -> None:
 def rendered(tmp_path: Path, name: str, metrics: list[dict], rows: list[dict]) -> str:
     table = tables.table(name)
     tables.write_csv(tmp_path / f"{name}.csv", table.summarize(metrics, rows))
-    return tables.render(TEMPLATES / f"{name}.tex.j2", table.context(tables.read_csv(tmp_path / f"{name}.csv")))
+    return tables.render(
+        TEMPLATES / f"{name}.tex.j2", table.context(tables.read_csv(tmp_path / f"{name}.csv"))
+    )
 
 
 def test_table1_renders_the_summary_values(tmp_path: Path) -> None:
@@ -102,19 +123,30 @@ def test_table2_pivots_precisions_into_columns(tmp_path: Path) -> None:
     metrics = fake_metrics(diverged={"nin_toy/int4/width1_sgd-lr0.1_wd0"})
     rows = [{"experiment": "nin_toy", "model": "NiN (2x1)", "where": {"width": 1, "weight_decay": 0.0}}]
     tex = rendered(tmp_path, "table2", metrics, rows)
-    norms = {m["spec"]["precision"]: m.get("weight_norm") for m in metrics
-             if m["spec"]["model_args"] == {"width": 1} and m["spec"]["weight_decay"] == 0.0}  # fmt: skip
-    expected_row = f"Digits & NiN (2x1) & {norms['int2']:.3f} & -- & {norms['int8']:.3f} & {norms['fp32']:.3f} \\\\"
+    norms = {
+        m["spec"]["precision"]: m.get("weight_norm")
+        for m in metrics
+        if m["spec"]["model_args"] == {"width": 1} and m["spec"]["weight_decay"] == 0.0
+    }
+    expected_row = (
+        f"Digits & NiN (2x1) & {norms['int2']:.3f} & -- & {norms['int8']:.3f} & {norms['fp32']:.3f} \\\\"
+    )
     assert expected_row in tex
     assert "Int2 & Int4 & Int8 & FP32" in tex
 
 
 def compile_latex(tex: str, workdir: Path) -> Path:
     doc = workdir / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex
-                   + "\n\\end{document}\n")  # fmt: skip
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=workdir,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\n\\end{document}\n"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     return workdir / "doc.pdf"
 

@@ -20,15 +20,40 @@ from qgen.experiments import RunSpec
 from qgen.train import build_model, build_optimizer, train
 
 SPEC = RunSpec(
-    experiment="nin_digits", point="depth2-width2_sgd-lr0.05_wd0.0001", precision="int4", dataset="digits",
-    model="nin", model_args={"depth": 2, "width": 2}, optimizer="sgd", lr=0.05, weight_decay=1e-4, epochs=5,
-    batch_size=64, milestones=[3], n_train=640, n_test=200,
-)  # fmt: skip
+    experiment="nin_digits",
+    point="depth2-width2_sgd-lr0.05_wd0.0001",
+    precision="int4",
+    dataset="digits",
+    model="nin",
+    model_args={"depth": 2, "width": 2},
+    optimizer="sgd",
+    lr=0.05,
+    weight_decay=1e-4,
+    epochs=5,
+    batch_size=64,
+    milestones=[3],
+    n_train=640,
+    n_test=200,
+)
 
 
 def cli_train(spec: RunSpec, tmp: Path, name: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "qgen.cli", "train", "--spec", spec.to_json(), "--data-root", str(tmp / "data"),
-           "--out", str(tmp / name / "out"), "--ckpt-dir", str(tmp / name / "ckpt"), "--threads", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "qgen.cli",
+        "train",
+        "--spec",
+        spec.to_json(),
+        "--data-root",
+        str(tmp / "data"),
+        "--out",
+        str(tmp / name / "out"),
+        "--ckpt-dir",
+        str(tmp / name / "ckpt"),
+        "--threads",
+        "1",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -67,7 +92,8 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path
     ref_metrics = json.loads((tmp_path / "reference" / "out" / "metrics.json").read_text())
     got_metrics = json.loads((tmp_path / "victim" / "out" / "metrics.json").read_text())
     assert got_metrics["history"] == [
-        {**h, "images_per_s": g["images_per_s"]} for h, g in zip(ref_metrics["history"], got_metrics["history"])
+        {**h, "images_per_s": g["images_per_s"]}
+        for h, g in zip(ref_metrics["history"], got_metrics["history"], strict=True)
     ]
     assert got_metrics["train"] == ref_metrics["train"] and got_metrics["test"] == ref_metrics["test"]
 
@@ -101,9 +127,17 @@ def test_saved_model_reproduces_the_reported_train_and_test_metrics(finished: tu
     model.load_state_dict(torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"])
     model.eval()
     for split, n in (("train", SPEC.n_train), ("test", SPEC.n_test)):
-        loader = data.build_loader("digits", split, root=tmp / "data", batch_size=1000, augment=False,
-                                   shuffle=False, seed=SPEC.seed, subset=n)  # fmt: skip
-        images, labels = map(torch.cat, zip(*loader))
+        loader = data.build_loader(
+            "digits",
+            split,
+            root=tmp / "data",
+            batch_size=1000,
+            augment=False,
+            shuffle=False,
+            seed=SPEC.seed,
+            subset=n,
+        )
+        images, labels = map(torch.cat, zip(*loader, strict=True))
         with torch.no_grad():
             logits = model(images)
         assert len(labels) == n
@@ -118,8 +152,10 @@ def test_init_weights_are_the_weights_before_training(finished: tuple[Path, dict
     init = torch.load(tmp / "out" / "init.pt", weights_only=False)["state_dict"]
     trained = torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(fresh[k], init[k]) for k in fresh)
-    assert not torch.equal(init["blocks.1.conv1.parametrizations.weight.original"],
-                           trained["blocks.1.conv1.parametrizations.weight.original"])  # fmt: skip
+    assert not torch.equal(
+        init["blocks.1.conv1.parametrizations.weight.original"],
+        trained["blocks.1.conv1.parametrizations.weight.original"],
+    )
 
 
 def test_finished_run_is_not_retrained(finished: tuple[Path, dict]) -> None:
@@ -137,8 +173,9 @@ def test_checkpoint_of_another_configuration_is_refused(finished: tuple[Path, di
 
 def test_diverged_run_is_recorded_not_raised(tmp_path: Path) -> None:
     spec = dataclasses.replace(SPEC, lr=1e12, momentum=0.9, epochs=3, precision="fp32")
-    metrics = train(spec, data_root=tmp_path / "data", out_dir=tmp_path / "out", ckpt_dir=tmp_path / "ckpt",
-                    device="cpu")  # fmt: skip
+    metrics = train(
+        spec, data_root=tmp_path / "data", out_dir=tmp_path / "out", ckpt_dir=tmp_path / "ckpt", device="cpu"
+    )
     assert metrics["status"] == "diverged" and metrics["diverged_at_epoch"] >= 1
     assert "train" not in metrics and (tmp_path / "out" / "model.pt").exists()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "diverged"
@@ -159,9 +196,25 @@ def test_step_sizes_get_weight_decay_only_when_asked(step_weight_decay: bool) ->
 
 def test_cli_reports_bad_spec_without_traceback(tmp_path: Path) -> None:
     spec = json.loads(SPEC.to_json()) | {"optimizer": "lbfgs"}
-    proc = subprocess.run([sys.executable, "-m", "qgen.cli", "train", "--spec", json.dumps(spec), "--data-root",
-                           str(tmp_path), "--out", str(tmp_path / "o"), "--ckpt-dir", str(tmp_path / "c")],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qgen.cli",
+            "train",
+            "--spec",
+            json.dumps(spec),
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == 1
     assert "lbfgs" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()

@@ -20,7 +20,9 @@ BIN = Path(sys.executable).parent
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -61,8 +63,12 @@ def test_lint_is_clean() -> None:
 
 
 def test_snakefmt_is_clean() -> None:
-    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"], cwd=ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -88,7 +94,10 @@ def test_table2_target_plans_only_its_own_runs() -> None:
         (lambda c: c | {"epochz": 3}, "'epochz' was unexpected"),
         (lambda c: c | {"experiments": [c["experiments"][0] | {"lr": 0.1}]}, "'lr' was unexpected"),
         (lambda c: c | {"precisions": ["fp32", "int3"]}, "'int3' is not one of"),
-        (lambda c: c | {"experiments": [c["experiments"][0] | {"epochs": 0}]}, "0 is less than the minimum of 1"),
+        (
+            lambda c: c | {"experiments": [c["experiments"][0] | {"epochs": 0}]},
+            "0 is less than the minimum of 1",
+        ),
     ],
     ids=["top-level-key", "experiment-key", "precision-value", "epochs-value"],
 )
@@ -106,12 +115,25 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path: Path, edit, na
 MINI_CONFIG = {
     "code_version": 1,
     "precisions": ["fp32", "int8", "int4", "int2"],
-    "experiments": [{"name": "nin_digits", "label": "NiN", "dataset": "digits", "model": "nin",
-                     "grid": {"model": {"width": [1]}, "optimizer": {"sgd": [0.05]}, "weight_decay": [0.0001]},
-                     "epochs": 2, "batch_size": 64, "milestones": [1], "n_train": 512, "n_test": 128}],
-    "tables": {"table1": [{"experiment": "nin_digits"}],
-               "table2": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}]},
-}  # fmt: skip
+    "experiments": [
+        {
+            "name": "nin_digits",
+            "label": "NiN",
+            "dataset": "digits",
+            "model": "nin",
+            "grid": {"model": {"width": [1]}, "optimizer": {"sgd": [0.05]}, "weight_decay": [0.0001]},
+            "epochs": 2,
+            "batch_size": 64,
+            "milestones": [1],
+            "n_train": 512,
+            "n_test": 128,
+        }
+    ],
+    "tables": {
+        "table1": [{"experiment": "nin_digits"}],
+        "table2": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +141,26 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The whole DAG on digits with a one-point grid, run in a scratch working directory."""
     workdir = tmp_path_factory.mktemp("workdir")
     (workdir / "config.yaml").write_text(yaml.safe_dump(MINI_CONFIG))
-    proc = snakemake("--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-                     "--set-threads", "train=1", cwd=workdir)  # fmt: skip
+    proc = snakemake(
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--set-threads",
+        "train=1",
+        cwd=workdir,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return workdir
 
 
 def test_end_to_end_tables_hold_the_runs_numbers(mini_run: Path) -> None:
-    metrics = {p.parent.parent.name: json.loads(p.read_text()) for p in mini_run.glob("results/runs/*/*/*/metrics.json")}
+    metrics = {
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in mini_run.glob("results/runs/*/*/*/metrics.json")
+    }
     assert sorted(metrics) == ["fp32", "int2", "int4", "int8"]
     assert all(m["status"] == "ok" and len(m["history"]) == 2 for m in metrics.values())
 
@@ -134,9 +168,15 @@ def test_end_to_end_tables_hold_the_runs_numbers(mini_run: Path) -> None:
     for precision, m in metrics.items():
         line = next(x for x in table1.splitlines() if f"& {tables.PRECISION_LABELS[precision]} &" in x)
         cells = [c.strip() for c in line.rstrip("\\ ").split("&")][3:]
-        assert cells == ["1", "0", f"{100 * m['train']['accuracy']:.2f}", f"{100 * m['test']['accuracy']:.2f}",
-                         f"{m['train']['loss']:.3f}", f"{m['test']['loss']:.3f}",
-                         f"{m['test']['loss'] - m['train']['loss']:.3f}"]  # fmt: skip
+        assert cells == [
+            "1",
+            "0",
+            f"{100 * m['train']['accuracy']:.2f}",
+            f"{100 * m['test']['accuracy']:.2f}",
+            f"{m['train']['loss']:.3f}",
+            f"{m['test']['loss']:.3f}",
+            f"{m['test']['loss'] - m['train']['loss']:.3f}",
+        ]
 
     table2 = (mini_run / "paper_tables" / "table2.tex").read_text()
     norms = " & ".join(f"{metrics[p]['weight_norm']:.3f}" for p in ("int2", "int4", "int8", "fp32"))
@@ -156,10 +196,16 @@ def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex missing; `make test` installs it")
 def test_end_to_end_tables_compile(mini_run: Path, tmp_path: Path) -> None:
     body = "\n".join((mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2"))
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                                      + body + "\n\\end{document}\n")  # fmt: skip
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 

@@ -30,8 +30,14 @@ def _train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = RunSpec.from_dict(json.loads(args.spec))
-    train(spec, data_root=args.data_root, out_dir=args.out, ckpt_dir=args.ckpt_dir, device=args.device,
-          workers=args.workers)  # fmt: skip
+    train(
+        spec,
+        data_root=args.data_root,
+        out_dir=args.out,
+        ckpt_dir=args.ckpt_dir,
+        device=args.device,
+        workers=args.workers,
+    )
 
 
 def _summarize(args: argparse.Namespace) -> None:
@@ -102,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     try:
         args.func(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:

@@ -81,7 +81,9 @@ def grid_points(experiment: Mapping[str, Any]) -> list[GridPoint]:
     fixed_args: Mapping[str, Any] = experiment.get("model_args", {})
     clash = sorted(set(model_grid) & set(fixed_args))
     if clash:
-        raise ValueError(f"experiment {experiment['name']!r}: {clash} given in both model_args and grid.model")
+        raise ValueError(
+            f"experiment {experiment['name']!r}: {clash} given in both model_args and grid.model"
+        )
     optimizer_lrs = [(opt, lr) for opt, lrs in grid["optimizer"].items() for lr in lrs]
     points = []
     for values in itertools.product(*model_grid.values()):
@@ -98,7 +100,9 @@ def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
     quant = config.get("quantization", {})
     runs = []
     for exp in config["experiments"]:
-        optional = {k: exp[k] for k in ("gamma", "momentum", "seed", "n_train", "n_test", "select_by") if k in exp}
+        optional = {
+            k: exp[k] for k in ("gamma", "momentum", "seed", "n_train", "n_test", "select_by") if k in exp
+        }
         for point in grid_points(exp):
             for precision in exp.get("precisions", config["precisions"]):
                 runs.append(
@@ -131,17 +135,26 @@ def experiments_by_name(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any
     return {exp["name"]: exp for exp in config["experiments"]}
 
 
-def select_runs(runs: Iterable[RunSpec], experiment: str, where: Mapping[str, Any] | None = None) -> list[RunSpec]:
+def select_runs(
+    runs: Iterable[RunSpec], experiment: str, where: Mapping[str, Any] | None = None
+) -> list[RunSpec]:
     """Runs of ``experiment`` whose model arguments / optimizer / lr / weight decay match ``where``."""
     where = dict(where or {})
     chosen = []
     for run in runs:
         if run.experiment != experiment:
             continue
-        values = {**run.model_args, "optimizer": run.optimizer, "lr": run.lr, "weight_decay": run.weight_decay}
+        values = {
+            **run.model_args,
+            "optimizer": run.optimizer,
+            "lr": run.lr,
+            "weight_decay": run.weight_decay,
+        }
         unknown = sorted(set(where) - set(values))
         if unknown:
-            raise ValueError(f"table row filter {unknown} is not a hyperparameter of experiment {experiment!r}")
+            raise ValueError(
+                f"table row filter {unknown} is not a hyperparameter of experiment {experiment!r}"
+            )
         if all(values[k] == v for k, v in where.items()):
             chosen.append(run)
     if not chosen:

@@ -13,7 +13,9 @@ def weight_tensors(model: nn.Module) -> dict[str, Tensor]:
 
     For a quantized layer this is the float weight the optimizer updates, not its quantized image.
     """
-    return {name: latent_weight(m).detach() for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+    return {
+        name: latent_weight(m).detach() for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)
+    }
 
 
 def weight_norm(model: nn.Module) -> float:

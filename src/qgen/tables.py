@@ -47,7 +47,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarize_gaps(metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+def summarize_gaps(
+    metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, str]]
+) -> list[dict[str, Any]]:
     """Paper Table 1: per experiment and precision, mean/std of accuracies, losses and the gap.
 
     ``rows`` lists ``{"experiment", "model"}`` (``model``: the display label) in table order. Diverged
@@ -56,17 +58,25 @@ def summarize_gaps(metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[
     out = []
     for row in rows:
         for precision in PRECISIONS:
-            runs = [m for m in metrics if m["spec"]["experiment"] == row["experiment"]
-                    and m["spec"]["precision"] == precision]  # fmt: skip
+            runs = [
+                m
+                for m in metrics
+                if m["spec"]["experiment"] == row["experiment"] and m["spec"]["precision"] == precision
+            ]
             if not runs:
                 continue
             ok = [m for m in runs if m["status"] == "ok"]
             record: dict[str, Any] = {
-                "experiment": row["experiment"], "dataset": _dataset_label(runs[0]), "model": row["model"],
-                "precision": precision, "n_runs": len(runs), "n_diverged": len(runs) - len(ok),
-            }  # fmt: skip
+                "experiment": row["experiment"],
+                "dataset": _dataset_label(runs[0]),
+                "model": row["model"],
+                "precision": precision,
+                "n_runs": len(runs),
+                "n_diverged": len(runs) - len(ok),
+            }
             for key, (split, field, scale) in TABLE1_METRICS.items():
-                record[f"{key}_mean"], record[f"{key}_std"] = _scaled(_mean_std([m[split][field] for m in ok]), scale)
+                values = [scale * m[split][field] for m in ok]
+                record[f"{key}_mean"], record[f"{key}_std"] = _mean_std(values)
             record["gap_mean"], record["gap_std"] = _mean_std([m["generalization_gap"] for m in ok])
             out.append(record)
     return out
@@ -76,11 +86,9 @@ def _dataset_label(metrics: Mapping[str, Any]) -> str:
     return data.dataset_info(metrics["spec"]["dataset"]).label
 
 
-def _scaled(pair: tuple[float | None, float | None], scale: float) -> tuple[float | None, float | None]:
-    return tuple(None if v is None else v * scale for v in pair)  # type: ignore[return-value]
-
-
-def summarize_norms(metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def summarize_norms(
+    metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """Paper Table 2: ``||W||_2`` of one run per row and precision.
 
     ``rows`` lists ``{"experiment", "where", "model"}``; ``where`` must pick exactly one
@@ -94,13 +102,22 @@ def summarize_norms(metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping
         for precision in PRECISIONS:
             matches = [s for s in chosen if s.precision == precision]
             if len(matches) > 1:
-                raise ValueError(f"table row {row['model']!r} matches {len(matches)} runs at {precision}; "
-                                 f"narrow its 'where' to one grid point: {[s.point for s in matches]}")  # fmt: skip
+                raise ValueError(
+                    f"table row {row['model']!r} matches {len(matches)} runs at {precision}; "
+                    f"narrow its 'where' to one grid point: {[s.point for s in matches]}"
+                )
             if matches:
                 m = by_id[matches[0].run_id]
-                out.append({"experiment": row["experiment"], "dataset": _dataset_label(m), "model": row["model"],
-                            "precision": precision, "status": m["status"],
-                            "weight_norm": m.get("weight_norm")})  # fmt: skip
+                out.append(
+                    {
+                        "experiment": row["experiment"],
+                        "dataset": _dataset_label(m),
+                        "model": row["model"],
+                        "precision": precision,
+                        "status": m["status"],
+                        "weight_norm": m.get("weight_norm"),
+                    }
+                )
     return out
 
 
@@ -141,8 +158,18 @@ def _parse(text: str) -> Any:
 
 def latex_escape(text: str) -> str:
     """Escape the LaTeX special characters of a plain-text label."""
-    special = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-               "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
+    special = {
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "\\": r"\textbackslash{}",
+    }
     return "".join(special.get(c, c) for c in str(text))
 
 
@@ -167,7 +194,9 @@ def norms_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Template context of Table 2: one row per (dataset, model) with a column per precision."""
     pivot: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
-        row = pivot.setdefault((r["dataset"], r["model"]), {"dataset": r["dataset"], "model": r["model"], "norm": {}})
+        row = pivot.setdefault(
+            (r["dataset"], r["model"]), {"dataset": r["dataset"], "model": r["model"], "norm": {}}
+        )
         row["norm"][r["precision"]] = r["weight_norm"] if r["status"] == "ok" else None
     return {"rows": list(pivot.values()), "precisions": ["int2", "int4", "int8", "fp32"]}
 
@@ -194,19 +223,31 @@ def table(name: str) -> Table:
 
 
 def render(template: Path | str, context: Mapping[str, Any]) -> str:
-    """Fill a LaTeX jinja2 template; blocks are ``\\BLOCK{...}``, values ``\\VAR{...}``, comments ``\\#{...}``."""
+    """Fill a LaTeX jinja2 template.
+
+    LaTeX-friendly delimiters: blocks ``\\BLOCK{...}``, values ``\\VAR{...}``, comments ``\\#{...}``.
+    """
     path = Path(template)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(path.parent),
-        block_start_string=r"\BLOCK{", block_end_string="}",
-        variable_start_string=r"\VAR{", variable_end_string="}",
-        comment_start_string=r"\#{", comment_end_string="}",
-        trim_blocks=True, lstrip_blocks=True, autoescape=False,
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-    )  # fmt: skip
+        block_start_string=r"\BLOCK{",
+        block_end_string="}",
+        variable_start_string=r"\VAR{",
+        variable_end_string="}",
+        comment_start_string=r"\#{",
+        comment_end_string="}",
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.filters |= {"esc": latex_escape, "fmt": fmt}
-    env.globals |= {"fmt_mean_std": fmt_mean_std, "precision_label": PRECISION_LABELS.get,
-                    "groupby_first": _first_of_group}  # fmt: skip
+    env.globals |= {
+        "fmt_mean_std": fmt_mean_std,
+        "precision_label": PRECISION_LABELS.get,
+        "groupby_first": _first_of_group,
+    }
     return env.get_template(path.name).render(**context)
 
 

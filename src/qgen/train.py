@@ -53,7 +53,9 @@ def build_model(spec: RunSpec) -> nn.Module:
     """The run's model with quantizers attached (the step init reads the freshly built weights)."""
     info = data.dataset_info(spec.dataset)
     model = models.create_model(spec.model, info.num_classes, **spec.model_args)
-    return quant.quantize_model(model, quant.bits_of(spec.precision), quantize_first_last=spec.quantize_first_last)
+    return quant.quantize_model(
+        model, quant.bits_of(spec.precision), quantize_first_last=spec.quantize_first_last
+    )
 
 
 def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
@@ -63,7 +65,9 @@ def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
     step_params = [p for p in model.parameters() if id(p) in steps]
     groups: list[dict[str, Any]] = [{"params": rest, "weight_decay": spec.weight_decay}]
     if step_params:
-        groups.append({"params": step_params, "weight_decay": spec.weight_decay if spec.step_weight_decay else 0.0})
+        groups.append(
+            {"params": step_params, "weight_decay": spec.weight_decay if spec.step_weight_decay else 0.0}
+        )
     if spec.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
     if spec.optimizer == "adam":
@@ -176,7 +180,9 @@ def train(
     if spec.select_by not in SELECTION:
         raise ValueError(f"select_by must be one of {SELECTION}, got {spec.select_by!r}")
     dev = resolve_device(device)
-    loader_args = dict(root=data_root, batch_size=spec.batch_size, seed=spec.seed, device=dev, workers=workers)
+    loader_args = dict(
+        root=data_root, batch_size=spec.batch_size, seed=spec.seed, device=dev, workers=workers
+    )
     train_loader = data.build_loader(
         spec.dataset, "train", augment=True, shuffle=True, drop_last=True, subset=spec.n_train, **loader_args
     )
@@ -197,15 +203,22 @@ def train(
         files.save_torch(init_path, {"spec": spec.to_json(), "state_dict": model.state_dict()})
     state = _load_state(state_path, spec)
     if state is None:
-        state = TrainState(0, {}, {}, {}, 0, math.inf, _clone(model.state_dict()), [], 0.0, None, spec.to_json())
+        state = TrainState(
+            0, {}, {}, {}, 0, math.inf, _clone(model.state_dict()), [], 0.0, None, spec.to_json()
+        )
     else:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         log.info("%s: resuming after epoch %d of %d", spec.run_id, state.epoch, spec.epochs)
 
-    log.info("%s: training on %s, %d train / %d test images", spec.run_id, dev, train_eval_loader.num_samples,
-             test_loader.num_samples)  # fmt: skip
+    log.info(
+        "%s: training on %s, %d train / %d test images",
+        spec.run_id,
+        dev,
+        train_eval_loader.num_samples,
+        test_loader.num_samples,
+    )
     while state.epoch < spec.epochs and state.diverged_at is None:
         epoch = state.epoch + 1
         started = time.perf_counter()
@@ -214,20 +227,38 @@ def train(
         scheduler.step()
         if not math.isfinite(running.loss):
             state.diverged_at = epoch
-            log.warning("%s: loss became non-finite in epoch %d; stopping (status: diverged)", spec.run_id, epoch)
+            log.warning(
+                "%s: loss became non-finite in epoch %d; stopping (status: diverged)", spec.run_id, epoch
+            )
         else:
             loss = running.loss if spec.select_by == "epoch_loss" else evaluate(model, train_eval_loader).loss
             if loss < state.best_loss:
                 state.best_epoch, state.best_loss, state.best_model = epoch, loss, _clone(model.state_dict())
             state.history.append(
-                {"epoch": epoch, "loss": running.loss, "accuracy": running.accuracy, "lr": lr,
-                 "images_per_s": images_per_s}  # fmt: skip
+                {
+                    "epoch": epoch,
+                    "loss": running.loss,
+                    "accuracy": running.accuracy,
+                    "lr": lr,
+                    "images_per_s": images_per_s,
+                }
             )
-            log.info("epoch %d/%d  loss %.4f  acc %.2f%%  lr %.3g  %.0f img/s", epoch, spec.epochs, running.loss,
-                     100 * running.accuracy, lr, images_per_s)  # fmt: skip
+            log.info(
+                "epoch %d/%d  loss %.4f  acc %.2f%%  lr %.3g  %.0f img/s",
+                epoch,
+                spec.epochs,
+                running.loss,
+                100 * running.accuracy,
+                lr,
+                images_per_s,
+            )
         state.epoch = epoch
         state.elapsed_s += time.perf_counter() - started
-        state.model, state.optimizer, state.scheduler = model.state_dict(), optimizer.state_dict(), scheduler.state_dict()
+        state.model, state.optimizer, state.scheduler = (
+            model.state_dict(),
+            optimizer.state_dict(),
+            scheduler.state_dict(),
+        )
         # vars(), not asdict(): asdict deep-copies every tensor and rebuilds the scheduler's Counter wrongly.
         files.save_torch(state_path, vars(state))
 
@@ -269,11 +300,19 @@ def _finish(
             "weight_norm": weight_norm(model),
             "step_sizes": quant.step_sizes(model),
         }
-        log.info("%s: selected epoch %d; train loss %.4f acc %.2f%%; test loss %.4f acc %.2f%%", spec.run_id,
-                 state.best_epoch, train_eval.loss, 100 * train_eval.accuracy, test_eval.loss,
-                 100 * test_eval.accuracy)  # fmt: skip
-    files.save_torch(out_dir / "model.pt", {"spec": spec.to_json(), "epoch": state.best_epoch,
-                                            "state_dict": model.state_dict()})  # fmt: skip
+        log.info(
+            "%s: selected epoch %d; train loss %.4f acc %.2f%%; test loss %.4f acc %.2f%%",
+            spec.run_id,
+            state.best_epoch,
+            train_eval.loss,
+            100 * train_eval.accuracy,
+            test_eval.loss,
+            100 * test_eval.accuracy,
+        )
+    files.save_torch(
+        out_dir / "model.pt",
+        {"spec": spec.to_json(), "epoch": state.best_epoch, "state_dict": model.state_dict()},
+    )
     files.save_torch(out_dir / "init.pt", torch.load(init_path, map_location="cpu", weights_only=False))
     files.write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -7,7 +7,7 @@ file. Importing this package imports every family, so the registry is complete.
 
 from __future__ import annotations
 
-from qgen.models._factory import MODELS, create_model, model_names
 from qgen.models import cifar_resnet, imagenet, mobilenet_v1, nin, vgg  # noqa: F401  (registration)
+from qgen.models._factory import MODELS, create_model, model_names
 
 __all__ = ["MODELS", "create_model", "model_names"]

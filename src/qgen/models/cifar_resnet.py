@@ -22,9 +22,7 @@ BOTTLENECK_EXPANSION = 4
 class ResidualBlock(nn.Module):
     """``relu(residual(x) + shortcut(x))``, the shortcut projecting only where the shape changes."""
 
-    def __init__(
-        self, residual: nn.Sequential, in_channels: int, out_channels: int, stride: int
-    ) -> None:
+    def __init__(self, residual: nn.Sequential, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.residual = residual

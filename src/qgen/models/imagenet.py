@@ -42,17 +42,13 @@ def torchvision_model(
 @MODELS.register("resnet18")
 def resnet18(num_classes: int, *, pretrained: bool = False) -> nn.Module:
     """ResNet-18 (He et al. 2016); weights ``ResNet18_Weights.IMAGENET1K_V1``."""
-    return torchvision_model(
-        tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, "fc", num_classes, pretrained
-    )
+    return torchvision_model(tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, "fc", num_classes, pretrained)
 
 
 @MODELS.register("resnet50")
 def resnet50(num_classes: int, *, pretrained: bool = False) -> nn.Module:
     """ResNet-50 (He et al. 2016); weights ``ResNet50_Weights.IMAGENET1K_V1``."""
-    return torchvision_model(
-        tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V1, "fc", num_classes, pretrained
-    )
+    return torchvision_model(tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V1, "fc", num_classes, pretrained)
 
 
 @MODELS.register("mobilenet_v2")

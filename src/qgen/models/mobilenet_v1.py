@@ -17,9 +17,20 @@ from qgen.models._layers import conv_bn
 STEM_CHANNELS = 32
 # (output channels, stride) of the 13 depthwise-separable blocks (Howard et al. 2017, Table 1).
 BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
-)  # fmt: skip
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
 
 
 def depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
