@@ -218,3 +218,13 @@ def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-5000:]
     for name in ("table1", "table2"):
         assert (clone / "paper_tables" / f"{name}.tex").read_text().count("Digits") == 1
+
+
+def test_conda_env_pins_equal_pyproject() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((ROOT / "envs" / "qgen.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(pip) == sorted(project["dependencies"])
+    assert f"python={project['requires-python'].removeprefix('>=')}" in env["dependencies"]
