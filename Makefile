@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Rules call the `qgen` command, so the venv's bin/ goes first on PATH for everything make runs.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv demo test test-slow bench latex clean
 
