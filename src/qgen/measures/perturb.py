@@ -1,0 +1,175 @@
+"""Training accuracy of perturbed copies of a model, many copies per pass over the data.
+
+The sigma and alpha searches (QGen App. B.2) evaluate 10 perturbed copies at each of up to 15 scales.
+:class:`PerturbedEvaluator` evaluates ``K`` copies per pass with ``torch.func.functional_call`` under
+``vmap``: every batch is read once for all copies, the unperturbed weights are never copied back and
+forth, and nothing is re-folded per sample. The model is always evaluated in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from qgen import quant
+
+NoiseConvention = Literal["reference", "jiang"]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The (unaugmented) training images and labels the measures evaluate, already on the device."""
+
+    images: Tensor
+    labels: Tensor
+    batch_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, len(self.labels), self.batch_size):
+            yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+
+
+def perturbed_names(model: nn.Module, which: Literal["all", "weights"]) -> list[str]:
+    """Parameters the searches perturb: every parameter except LSQ steps (the reference code perturbs
+    all parameters of the folded model), or only the conv/linear weights ``W`` of the bounds."""
+    steps = {id(p) for p in quant.step_parameters(model)}
+    weights = {id(quant.latent_weight(m)) for m in model.modules() if isinstance(m, quant.QUANTIZABLE)}
+    chosen = weights if which == "weights" else {id(p) for p in model.parameters()} - steps
+    return [name for name, p in model.named_parameters() if id(p) in chosen]
+
+
+class PerturbedEvaluator:
+    """Accuracy (and loss) of ``K`` copies of ``model`` whose parameters ``names`` are offset by deltas."""
+
+    def __init__(self, model: nn.Module, data: EvalSet, names: list[str]) -> None:
+        self.model = model.eval()
+        self.data = data
+        self.names = names
+        self.state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        self.state = {k: v.detach() for k, v in self.state.items()}
+        self.base = {name: self.state[name] for name in names}
+        self.images_evaluated = 0
+
+    def _logits(self, params: dict[str, Tensor], images: Tensor, in_dims: int | None = None) -> Tensor:
+        """Logits ``(K, B, classes)`` of the stacked copies ``params`` (each entry ``(K, ...)``)."""
+        fixed = {k: v for k, v in self.state.items() if k not in params}
+
+        def one(p: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(self.model, {**fixed, **p}, (x,))
+
+        return vmap(one, in_dims=(0, in_dims))(params, images)
+
+    @torch.no_grad()
+    def accuracy(self, deltas: dict[str, Tensor]) -> Tensor:
+        """Training accuracy of each copy ``base + deltas`` (a fraction per copy, shape ``(K,)``)."""
+        params = {name: self.base[name] + deltas[name] for name in self.names}
+        copies = next(iter(deltas.values())).shape[0]
+        correct = torch.zeros(copies, device=self.data.labels.device)
+        for images, labels in self.data.batches():
+            correct += (self._logits(params, images).argmax(-1) == labels).sum(-1)
+            self.images_evaluated += copies * len(labels)
+        return correct / len(self.data)
+
+    def unperturbed_accuracy(self) -> float:
+        zeros = {name: torch.zeros_like(self.base[name]).unsqueeze(0) for name in self.names}
+        return float(self.accuracy(zeros)[0])
+
+    def ascend(
+        self,
+        box: dict[str, Tensor],
+        scale: float,
+        copies: int,
+        steps: int,
+        lr: float,
+        batch: int,
+        generator: torch.Generator,
+    ) -> dict[str, Tensor]:
+        """Projected gradient *ascent* on the cross-entropy (QGen App. B.2), for ``copies`` copies at once.
+
+        Each copy takes ``steps`` SGD steps of size ``lr`` up the mean cross-entropy of its own random
+        mini-batch of ``batch`` training images, each followed by projection onto the box
+        ``|u_i| <= scale * box_i``. Returns the final offsets ``u`` (shape ``(copies, ...)`` each).
+        """
+        limit = {name: scale * box[name] for name in self.names}
+        offsets = {name: torch.zeros((copies, *p.shape), device=p.device) for name, p in self.base.items()}
+        n = len(self.data)
+        for _ in range(steps):
+            index = torch.randint(n, (copies, batch), generator=generator, device=generator.device)
+            index = index.to(self.data.labels.device)
+            images, labels = self.data.images[index], self.data.labels[index]
+            params = {name: (self.base[name] + offsets[name]).requires_grad_(True) for name in self.names}
+            with torch.enable_grad():
+                logits = self._logits(params, images, in_dims=0)
+                loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / batch
+                grads = torch.autograd.grad(loss, [params[name] for name in self.names])
+            self.images_evaluated += 3 * copies * batch  # forward + backward, counted as forward passes
+            with torch.no_grad():
+                for name, grad in zip(self.names, grads, strict=True):
+                    offsets[name] = torch.clamp(offsets[name] + lr * grad, -limit[name], limit[name])
+        return offsets
+
+
+def gaussian_std(
+    base: Tensor, scale: float, magnitude_aware: bool, convention: NoiseConvention, epsilon: float
+) -> Tensor | float:
+    """Standard deviation of the perturbation ``u`` at search scale ``scale``.
+
+    ``reference`` reproduces Dziugaite et al.'s code (and, judging by its numbers, the paper): it passes
+    the *variance* of Jiang et al.'s definition to ``torch.normal`` as a standard deviation, i.e. std
+    ``sigma^2`` and ``sigma'^2 w^2 + eps^2``. ``jiang`` uses the definition, std ``sigma`` and
+    ``sqrt(sigma'^2 w^2 + eps^2)``.
+    """
+    if not magnitude_aware:
+        return scale**2 if convention == "reference" else scale
+    variance_like = scale**2 * base.square() + epsilon**2
+    return variance_like if convention == "reference" else variance_like.sqrt()
+
+
+def monte_carlo_mean(
+    draw: Callable[[int], Tensor], samples: int, chunk: int, decide: Callable[[Tensor], bool] | None = None
+) -> tuple[float, int]:
+    """Mean of ``samples`` draws, drawn ``chunk`` at a time; ``decide`` may stop early (sequential mode).
+
+    Returns the mean of the draws made and how many were made.
+    """
+    values = torch.empty(0)
+    while len(values) < samples:
+        values = torch.cat([values, draw(min(chunk, samples - len(values))).double().cpu()])
+        if decide is not None and len(values) >= 2 and len(values) < samples and decide(values):
+            break
+    return float(values.mean()), len(values)
+
+
+def sequential_decision(
+    base_accuracy: float, target: float, tol: float, z: float
+) -> Callable[[Tensor], bool]:
+    """Whether the bisection's decision is already clear from the accuracies drawn so far.
+
+    With the mean accuracy's normal confidence interval ``mean +- z * se``, the deviation ``|mean -
+    base|`` lies in an interval; the decision (too much / too little / within ``tol`` of ``target``)
+    is clear when that whole interval falls on one side of the thresholds.
+    """
+
+    def decide(values: Tensor) -> bool:
+        half = z * float(values.std(unbiased=True)) / math.sqrt(len(values))
+        mean = float(values.mean())
+        low_mean, high_mean = mean - half, mean + half
+        lo = (
+            0.0
+            if low_mean <= base_accuracy <= high_mean
+            else min(abs(low_mean - base_accuracy), abs(high_mean - base_accuracy))
+        )
+        hi = max(abs(low_mean - base_accuracy), abs(high_mean - base_accuracy))
+        return lo > target + tol or hi < target - tol or (lo > target - tol and hi < target + tol)
+
+    return decide
