@@ -1,4 +1,4 @@
-# QGen reproduction pipeline: data -> training (FP32 and LSQ int8/int4/int2) -> paper tables.
+# QGen reproduction pipeline: data -> training (FP32 and LSQ int8/int4/int2) -> flatness measures -> paper tables.
 # The experiment set lives in config.yaml (schema: workflow/schemas/config.schema.yaml); machines live in profiles/.
 from snakemake.utils import min_version
 
@@ -11,6 +11,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/measures.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -80,6 +80,8 @@ def test_batched_copies_equal_one_copy_at_a_time(trained) -> None:
     for k in range(3):
         one_copy = {n: d[k] for n, d in deltas.items()}
         assert batched[k].item() == pytest.approx(plain_accuracy(model, names, one_copy, evalset))
+        single = evaluator.accuracy({n: d[k : k + 1] for n, d in deltas.items()})
+        assert single.shape == (1,) and single.item() == pytest.approx(batched[k].item())
 
 
 def test_perturbed_sets() -> None:

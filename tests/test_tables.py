@@ -86,7 +86,7 @@ def test_norm_summary_picks_one_point_per_row() -> None:
 
 
 def test_csv_round_trip_keeps_numbers_and_missing_values(tmp_path: Path) -> None:
-    records = [{"model": "NiN, 4x10", "n": 3, "x": 0.1 + 0.2, "y": None}]
+    records = [{"model": "NiN, 4x10", "n": 3, "x": 0.1 + 0.2, "y": None, "saturated": False}]
     tables.write_csv(tmp_path / "t.csv", records)
     assert tables.read_csv(tmp_path / "t.csv") == records
     with pytest.raises(ValueError, match="no rows"):

@@ -81,7 +81,8 @@ def test_dry_run_of_the_paper_config_plans_every_training_job() -> None:
     jobs = planned_jobs(proc.stdout + proc.stderr)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert jobs["train"] == expected_train_jobs(config) == 1944 + 11 * 4
-    assert jobs["download"] == 3 and jobs["render_table"] == 2
+    assert jobs["download"] == 3 and jobs["render_table"] == 3
+    assert jobs["measure"] == len(config["tables"]["table3"]) * 4 == 44
 
 
 def test_table2_target_plans_only_its_own_runs() -> None:
@@ -118,6 +119,15 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path: Path, edit, na
 MINI_CONFIG = {
     "code_version": 1,
     "precisions": ["fp32", "int8", "int4", "int2"],
+    "measures": {
+        "depth": 4,
+        "samples": 2,
+        "ascent_steps": 2,
+        "ascent_batch": 16,
+        "eval_subset": 128,
+        "curvature_iters": 2,
+        "curvature_samples": 2,
+    },
     "experiments": [
         {
             "name": "nin_digits",
@@ -135,6 +145,7 @@ MINI_CONFIG = {
     "tables": {
         "table1": [{"experiment": "nin_digits"}],
         "table2": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
+        "table3": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
     },
 }
 
@@ -186,6 +197,16 @@ def test_end_to_end_tables_hold_the_runs_numbers(mini_run: Path) -> None:
     assert f"Digits & NiN (2x1) & {norms} \\\\" in table2
 
 
+def test_end_to_end_table3_holds_the_measures(mini_run: Path) -> None:
+    table3 = (mini_run / "paper_tables" / "table3.tex").read_text()
+    for path in mini_run.glob("results/runs/*/*/*/measures.json"):
+        measures = json.loads(path.read_text())
+        label = tables.PRECISION_LABELS[measures["spec"]["precision"]]
+        line = next(x for x in table3.splitlines() if f"& {label} &" in x)
+        for name in tables.MEASURES:
+            assert f"{measures['normalized'][name]:.3f}" in line
+
+
 def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: Path) -> None:
     args = ("--snakefile", str(ROOT / "Snakefile"), "--directory", str(mini_run), "--cores", "1")
     assert "Nothing to be done" in snakemake(*args, "-n", cwd=mini_run).stdout
@@ -198,7 +219,9 @@ def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex missing; `make test` installs it")
 def test_end_to_end_tables_compile(mini_run: Path, tmp_path: Path) -> None:
-    body = "\n".join((mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2"))
+    body = "\n".join(
+        (mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2", "table3")
+    )
     (tmp_path / "doc.tex").write_text(
         "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
     )
@@ -219,7 +242,7 @@ def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     proc = snakemake("--profile", "profiles/demo", cwd=clone, timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    for name in ("table1", "table2"):
+    for name in ("table1", "table2", "table3"):
         assert (clone / "paper_tables" / f"{name}.tex").read_text().count("Digits") == 1
 
 

@@ -40,11 +40,38 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
+RUN_OPTIONS = ("weights", "eval_subset", "batch_size", "curvature", "curvature_iters", "curvature_samples")
+
+
+def _measure(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import torch
+
+    from qgen import files
+    from qgen.measures import MeasureSettings
+    from qgen.measures.run import measure_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = json.loads(args.settings)
+    run_options = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
+    known = {f.name for f in dataclasses.fields(MeasureSettings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown measure setting(s) {unknown}; expected some of {sorted(known)}")
+    record = measure_run(
+        args.run_dir, args.data_root, MeasureSettings(**options), device=args.device, **run_options
+    )
+    files.write_json(args.out, record)
+    log.info("wrote %s", args.out)
+
+
 def _summarize(args: argparse.Namespace) -> None:
     from qgen import tables
 
     rows = json.loads(args.rows)
-    records = tables.table(args.table).summarize(tables.load_metrics(args.metrics), rows)
+    records = tables.table(args.table).summarize(tables.load_results(args.results), rows)
     tables.write_csv(args.out, records)
     log.info("wrote %s (%d rows)", args.out, len(records))
 
@@ -86,11 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("summarize", help="summarise metrics.json files into a table's CSV")
+    p = sub.add_parser("measure", help="flatness measures (PAC-Bayes, sharpness, curvature) of a trained run")
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
+    )
+    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
+    p.add_argument("--settings", default="{}", help="measure settings as JSON (config.yaml `measures`)")
+    p.add_argument("--out", type=Path, required=True, help="measures.json to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=_measure)
+
+    p = sub.add_parser("summarize", help="summarise metrics.json / measures.json files into a table's CSV")
     p.add_argument("table", help="table name, e.g. table1")
     p.add_argument("--rows", required=True, help="the table's rows as JSON (from config.yaml `tables`)")
     p.add_argument("--out", type=Path, required=True, help="CSV to write")
-    p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")
+    p.add_argument("results", nargs="+", type=Path, help="metrics.json or measures.json files")
     p.set_defaults(func=_summarize)
 
     p = sub.add_parser("render", help="render a table's CSV to LaTeX")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,14 @@ TABLE1_METRICS = {
 }
 
 
-def load_metrics(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
-    """Read ``metrics.json`` files; a file without the expected keys is an error naming it."""
+def load_results(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """Read result files (``metrics.json``, ``measures.json``); one without the expected keys is an error."""
     loaded = []
     for path in paths:
         metrics = files.read_json(path)
         missing = {"spec", "status"} - set(metrics)
         if missing:
-            raise ValueError(f"{path}: not a qgen metrics file (missing {sorted(missing)})")
+            raise ValueError(f"{path}: not a qgen result file (missing {sorted(missing)})")
         loaded.append(metrics)
     return loaded
 
@@ -86,17 +86,15 @@ def _dataset_label(metrics: Mapping[str, Any]) -> str:
     return data.dataset_info(metrics["spec"]["dataset"]).label
 
 
-def summarize_norms(
-    metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """Paper Table 2: ``||W||_2`` of one run per row and precision.
+def one_run_per_precision(
+    results: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> Iterator[tuple[Mapping[str, Any], str, Mapping[str, Any]]]:
+    """``(row, precision, result)`` for tables whose rows each pick one grid point of an experiment.
 
-    ``rows`` lists ``{"experiment", "where", "model"}``; ``where`` must pick exactly one
-    grid point of the experiment.
+    ``rows`` lists ``{"experiment", "where", "model"}``; ``where`` must pick exactly one grid point.
     """
-    specs = [RunSpec.from_dict(m["spec"]) for m in metrics]
-    by_id = {spec.run_id: m for spec, m in zip(specs, metrics, strict=True)}
-    out = []
+    specs = [RunSpec.from_dict(r["spec"]) for r in results]
+    by_id = {spec.run_id: r for spec, r in zip(specs, results, strict=True)}
     for row in rows:
         chosen = select_runs(specs, row["experiment"], row.get("where"))
         for precision in PRECISIONS:
@@ -107,17 +105,67 @@ def summarize_norms(
                     f"narrow its 'where' to one grid point: {[s.point for s in matches]}"
                 )
             if matches:
-                m = by_id[matches[0].run_id]
-                out.append(
-                    {
-                        "experiment": row["experiment"],
-                        "dataset": _dataset_label(m),
-                        "model": row["model"],
-                        "precision": precision,
-                        "status": m["status"],
-                        "weight_norm": m.get("weight_norm"),
-                    }
-                )
+                yield row, precision, by_id[matches[0].run_id]
+
+
+def _row_record(row: Mapping[str, Any], precision: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "experiment": row["experiment"],
+        "dataset": _dataset_label(result),
+        "model": row["model"],
+        "precision": precision,
+        "status": result["status"],
+    }
+
+
+def summarize_norms(
+    metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Paper Table 2: ``||W||_2`` of one run per row and precision."""
+    return [
+        _row_record(row, precision, m) | {"weight_norm": m.get("weight_norm")}
+        for row, precision, m in one_run_per_precision(metrics, rows)
+    ]
+
+
+MEASURES = (
+    "pacbayes.init",
+    "pacbayes.orig",
+    "pacbayes.mag.init",
+    "pacbayes.mag.orig",
+    "sharpness.init",
+    "sharpness.orig",
+    "sharpness.mag.init",
+    "sharpness.mag.orig",
+)
+MEASURE_SEARCH = {
+    "pacbayes": "sigma",
+    "pacbayes.mag": "sigma_mag",
+    "sharpness": "alpha",
+    "sharpness.mag": "alpha_mag",
+}
+
+
+def summarize_measures(
+    measures: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Paper Table 3: the eight normalized measures of one run per row and precision.
+
+    Each measure comes with whether its search saturated (its scale is then a bound, not a value)
+    and the run's curvature where it was measured (CSV only).
+    """
+    out = []
+    for row, precision, result in one_run_per_precision(measures, rows):
+        record = _row_record(row, precision, result)
+        ok = result["status"] == "ok"
+        for name in MEASURES:
+            search = MEASURE_SEARCH[name.rsplit(".", 1)[0]]
+            record[name] = result["normalized"][name] if ok else None
+            record[f"{name}.saturated"] = result["searches"][search]["saturated"] is not None if ok else None
+        curvature = result.get("curvature", {})
+        record["hessian_top_eigenvalue"] = curvature.get("top_eigenvalue", {}).get("value")
+        record["hessian_trace"] = curvature.get("trace", {}).get("value")
+        out.append(record)
     return out
 
 
@@ -148,6 +196,8 @@ def read_csv(path: Path | str) -> list[dict[str, Any]]:
 def _parse(text: str) -> Any:
     if text == "":
         return None
+    if text in ("True", "False"):
+        return text == "True"
     for kind in (int, float):
         try:
             return kind(text)
@@ -201,6 +251,35 @@ def norms_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"rows": list(pivot.values()), "precisions": ["int2", "int4", "int8", "fp32"]}
 
 
+def measures_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of Table 3: rows grouped by model, each cell marked if lowest in its group.
+
+    As in the paper, the lowest value of each measure among a model's precisions is marked.
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["model"]), []).append(r)
+    rows = []
+    for members in groups.values():
+        lowest = {}
+        for name in MEASURES:
+            values = [r[name] for r in members if r[name] is not None]
+            lowest[name] = min(values) if values else None
+        for r in members:
+            cells = [
+                {
+                    "value": r[name],
+                    "lowest": r[name] is not None and r[name] == lowest[name],
+                    "saturated": r[f"{name}.saturated"] is True,
+                }
+                for name in MEASURES
+            ]
+            rows.append(
+                {"dataset": r["dataset"], "model": r["model"], "precision": r["precision"], "cells": cells}
+            )
+    return {"rows": rows}
+
+
 @dataclass(frozen=True)
 class Table:
     """How one paper table is built: metrics -> summary rows, summary rows -> template context."""
@@ -212,6 +291,7 @@ class Table:
 TABLES: dict[str, Table] = {
     "table1": Table(summarize_gaps, gaps_context),
     "table2": Table(summarize_norms, norms_context),
+    "table3": Table(summarize_measures, measures_context),
 }
 
 

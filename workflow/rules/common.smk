@@ -38,6 +38,10 @@ def run_of(wildcards):
     return RUNS[f"{wildcards.experiment}/{wildcards.precision}/{wildcards.point}"]
 
 
+def measure_run_dir(wildcards, input):
+    return os.path.dirname(input.metrics)
+
+
 def train_data_marker(wildcards):
     return expand(
         "results/data/{dataset}.ready.json", dataset=run_of(wildcards).dataset
@@ -60,11 +64,24 @@ def table_runs(name):
     return chosen
 
 
-def table_metrics(wildcards):
+# The result file each table summarises: training metrics, or the flatness measures (Table 3).
+TABLE_INPUT = {
+    "table1": "metrics.json",
+    "table2": "metrics.json",
+    "table3": "measures.json",
+}
+
+
+def table_results(wildcards):
     return expand(
-        "results/runs/{run_id}/metrics.json",
+        "results/runs/{run_id}/{file}",
         run_id=[r.run_id for r in table_runs(wildcards.table)],
+        file=TABLE_INPUT[wildcards.table],
     )
+
+
+def measure_settings(wildcards):
+    return json.dumps(config.get("measures", {}))
 
 
 def table_rows(wildcards):

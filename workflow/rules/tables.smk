@@ -1,6 +1,6 @@
 rule summarize_table:
     input:
-        table_metrics,
+        table_results,
     output:
         "results/summary/{table}.csv",
     log:

@@ -33,7 +33,11 @@ SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code."""
+    """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code.
+
+    ``copies_per_pass`` is a speed setting only: ``None`` evaluates all ``samples`` copies per pass on a
+    GPU and one at a time on a CPU (see :class:`~qgen.measures.perturb.PerturbedEvaluator`).
+    """
 
     target: float = 0.1
     tol: float = 0.01
@@ -41,7 +45,7 @@ class MeasureSettings:
     hi: float = 2.0
     depth: int = 15
     samples: int = 10
-    copies_per_pass: int = 10
+    copies_per_pass: int | None = None
     noise: NoiseConvention = "reference"
     perturb: Literal["all", "weights"] = "all"
     ascent_steps: int = 20
@@ -67,6 +71,8 @@ class FlatnessSearch:
         self.settings = settings
         self.evaluator = PerturbedEvaluator(model, data, perturbed_names(model, settings.perturb))
         self.base_accuracy = self.evaluator.unperturbed_accuracy()
+        on_gpu = data.labels.device.type == "cuda"
+        self.chunk = settings.copies_per_pass or (settings.samples if on_gpu else 1)
         self.samples_used: dict[str, list[int]] = {}
 
     def _generator(self, search: str) -> torch.Generator:
@@ -81,7 +87,7 @@ class FlatnessSearch:
         used = self.samples_used.setdefault(search, [])
 
         def deviation(scale: float) -> float:
-            mean, n = monte_carlo_mean(lambda k: draw_at(scale, k), s.samples, s.copies_per_pass, decide)
+            mean, n = monte_carlo_mean(lambda k: draw_at(scale, k), s.samples, self.chunk, decide)
             used.append(n)
             return abs(mean - self.base_accuracy)
 

@@ -61,12 +61,20 @@ class PerturbedEvaluator:
         self.images_evaluated = 0
 
     def _logits(self, params: dict[str, Tensor], images: Tensor, in_dims: int | None = None) -> Tensor:
-        """Logits ``(K, B, classes)`` of the stacked copies ``params`` (each entry ``(K, ...)``)."""
+        """Logits ``(K, B, classes)`` of the stacked copies ``params`` (each entry ``(K, ...)``).
+
+        Several copies run under ``vmap`` (one grouped pass: fast on a GPU); a single copy runs as a
+        plain forward pass, which is faster on a CPU, where vmapped convolutions become grouped ones.
+        """
         fixed = {k: v for k, v in self.state.items() if k not in params}
 
         def one(p: dict[str, Tensor], x: Tensor) -> Tensor:
             return functional_call(self.model, {**fixed, **p}, (x,))
 
+        if next(iter(params.values())).shape[0] == 1:
+            return one({k: v[0] for k, v in params.items()}, images[0] if in_dims == 0 else images).unsqueeze(
+                0
+            )
         return vmap(one, in_dims=(0, in_dims))(params, images)
 
     @torch.no_grad()

@@ -1,0 +1,161 @@
+"""Measuring a trained run end to end: the measured network, the record, the CLI and Table 3."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qgen import files, tables
+from qgen.experiments import RunSpec
+from qgen.measures import MeasureSettings
+from qgen.measures.flatness import weight_vector
+from qgen.measures.run import load_run, measure_run, measured_network
+from qgen.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = RunSpec(
+    experiment="nin_digits",
+    point="p",
+    precision="int4",
+    dataset="digits",
+    model="nin",
+    model_args={"depth": 2, "width": 1},
+    optimizer="adam",
+    lr=0.003,
+    weight_decay=0.0,
+    epochs=3,
+    batch_size=64,
+    milestones=[2],
+    n_train=300,
+    n_test=100,
+)
+SETTINGS = {"depth": 4, "samples": 2, "ascent_steps": 2, "ascent_batch": 16}
+OPTIONS = {"eval_subset": 200, "curvature_iters": 3, "curvature_samples": 2}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    train(SPEC, data_root=tmp / "data", out_dir=tmp / "run", ckpt_dir=tmp / "ckpt", device="cpu")
+    return tmp / "run"
+
+
+def test_quantized_choice_measures_the_folded_quantized_function(run_dir: Path) -> None:
+    _, model, _, _ = load_run(run_dir)
+    network = measured_network(model, "quantized")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), model(x), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    latent = measured_network(model, "latent")
+    assert weight_vector(latent).numel() == weight_vector(network).numel()
+    assert not torch.equal(weight_vector(latent), weight_vector(network))
+
+
+def test_measure_record(run_dir: Path, tmp_path: Path) -> None:
+    record = measure_run(
+        run_dir, run_dir.parent / "data", MeasureSettings(**SETTINGS), device="cpu", **OPTIONS
+    )
+    assert record["status"] == "ok" and record["run_id"] == SPEC.run_id and record["weights"] == "quantized"
+    assert record["m"] == SPEC.n_train and record["evaluated_images"] == 200 and record["eval_subset"] == 200
+    assert record["folded_batchnorm"] == 7
+    assert set(record["normalized"]) == set(tables.MEASURES)
+    assert (
+        record["curvature"]["trace"]["samples"] == 2
+        and record["curvature"]["top_eigenvalue"]["iterations"] <= 3
+    )
+    files.write_json(tmp_path / "measures.json", record)
+    assert files.read_json(tmp_path / "measures.json")["normalized"] == record["normalized"]
+
+
+def test_diverged_run_is_recorded_without_values(run_dir: Path, tmp_path: Path) -> None:
+    diverged = tmp_path / "diverged"
+    shutil.copytree(run_dir, diverged)
+    metrics = files.read_json(diverged / "metrics.json") | {"status": "diverged"}
+    files.write_json(diverged / "metrics.json", metrics)
+    record = measure_run(diverged, run_dir.parent / "data", MeasureSettings(**SETTINGS), device="cpu")
+    assert record["status"] == "diverged" and "normalized" not in record
+
+
+def test_cli_writes_measures_json_and_rejects_unknown_settings(run_dir: Path, tmp_path: Path) -> None:
+    base = [
+        sys.executable,
+        "-m",
+        "qgen.cli",
+        "measure",
+        "--run-dir",
+        str(run_dir),
+        "--data-root",
+        str(run_dir.parent / "data"),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    settings = json.dumps(SETTINGS | OPTIONS | {"curvature": False})
+    proc = subprocess.run(
+        [*base, "--settings", settings, "--out", str(tmp_path / "m.json")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "curvature" not in files.read_json(tmp_path / "m.json")
+    bad = json.dumps({"sampels": 3})
+    proc = subprocess.run(
+        [*base, "--settings", bad, "--out", str(tmp_path / "bad.json")], capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "sampels" in proc.stderr and not (tmp_path / "bad.json").exists()
+
+
+def fake_measures(precision: str, scale: float, saturated: bool) -> dict:
+    spec = dataclasses.replace(SPEC, precision=precision)
+    searches = {
+        k: {"saturated": "upper" if saturated and k == "alpha" else None}
+        for k in ("sigma", "sigma_mag", "alpha", "alpha_mag")
+    }
+    normalized = {name: scale * (i + 1) for i, name in enumerate(tables.MEASURES)}
+    return {
+        "spec": json.loads(spec.to_json()),
+        "status": "ok",
+        "normalized": normalized,
+        "searches": searches,
+    }
+
+
+def test_table3_marks_the_lowest_value_and_saturated_searches(tmp_path: Path) -> None:
+    results = [
+        fake_measures("fp32", 1.0, True),
+        fake_measures("int8", 0.5, False),
+        fake_measures("int2", 2.0, False),
+    ]
+    rows = [{"experiment": "nin_digits", "model": "NiN (2x1)", "where": {}}]
+    table = tables.table("table3")
+    tables.write_csv(tmp_path / "t3.csv", table.summarize(results, rows))
+    tex = tables.render(
+        ROOT / "workflow/templates/table3.tex.j2", table.context(tables.read_csv(tmp_path / "t3.csv"))
+    )
+    lines = {p: next(x for x in tex.splitlines() if f"& {p} &" in x) for p in ("FP32", "Int8", "Int2")}
+    assert lines["Int8"].count(r"\rule") == 8 and r"\rule" not in lines["FP32"] + lines["Int2"]
+    assert lines["FP32"].count(r"$^\dagger$") == 2
+    assert "0.500" in lines["Int8"] and "16.000" in lines["Int2"]
+    if shutil.which("pdflatex"):
+        doc = tmp_path / "doc.tex"
+        doc.write_text(
+            "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+            + tex
+            + "\\end{document}\n"
+        )
+        proc = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:]
