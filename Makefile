@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python bench/lsq_overhead.py
 	$(BIN)/python bench/loop_throughput.py
 	$(BIN)/python bench/dag_dryrun.py
+	$(BIN)/python bench/flatness_search.py
 
 clean:
 	rm -rf results/* paper_tables/* logs .snakemake

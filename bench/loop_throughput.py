@@ -30,13 +30,14 @@ import sys
 from pathlib import Path
 
 import torch
-from _timing import Target, interleave, median, set_threads, spread, verdict
 from torch import nn
 from torch.nn import functional as F
 
 from qgen import data, quant
 from qgen.experiments import RunSpec
 from qgen.train import build_model, build_optimizer, train_epoch
+
+from _timing import Target, interleave, median, set_threads, spread, verdict
 
 TARGET = Target(0.95, at_least=True)
 DATASET = "digits"

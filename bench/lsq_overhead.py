@@ -22,13 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _timing import Target, interleave, median, set_threads, spread, verdict
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qgen import quant
 from qgen.experiments import RunSpec
 from qgen.train import build_model, build_optimizer
+
+from _timing import Target, interleave, median, set_threads, spread, verdict
 
 TARGET = Target(1.10)
 MODELS = ("nin", "resnet18_cifar")

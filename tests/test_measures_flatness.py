@@ -11,39 +11,24 @@ from torch import nn
 from torch.nn import functional as F
 
 from qgen import data
-from qgen.experiments import RunSpec
 from qgen.measures import bounds
 from qgen.measures.flatness import MeasureSettings, flatness_measures, weight_vector
 from qgen.measures.perturb import EvalSet, PerturbedEvaluator, gaussian_std, perturbed_names
-from qgen.train import build_model, train
+from qgen.train import build_model
 
-SPEC = RunSpec(
-    experiment="nin_digits",
-    point="p",
-    precision="fp32",
-    dataset="digits",
-    model="nin",
-    model_args={"depth": 2, "width": 1},
-    optimizer="adam",
-    lr=0.003,
-    weight_decay=0.0,
-    epochs=6,
-    batch_size=64,
-    milestones=[5],
-    n_train=400,
-    n_test=100,
-)
+from helpers import tiny_spec, train_tiny
+
+SPEC = tiny_spec()
 FAST = MeasureSettings(depth=5, samples=4, copies_per_pass=4, ascent_steps=4, ascent_batch=32)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module, EvalSet]:
     tmp = tmp_path_factory.mktemp("measures")
-    torch.set_num_threads(1)
-    train(SPEC, data_root=tmp / "data", out_dir=tmp / "out", ckpt_dir=tmp / "ckpt", device="cpu")
+    run = train_tiny(SPEC, tmp)
     model, init = build_model(SPEC), build_model(SPEC)
-    model.load_state_dict(torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"])
-    init.load_state_dict(torch.load(tmp / "out" / "init.pt", weights_only=False)["state_dict"])
+    model.load_state_dict(torch.load(run / "model.pt", weights_only=False)["state_dict"])
+    init.load_state_dict(torch.load(run / "init.pt", weights_only=False)["state_dict"])
     loader = data.build_loader(
         "digits",
         "train",

@@ -13,39 +13,21 @@ import pytest
 import torch
 
 from qgen import files, tables
-from qgen.experiments import RunSpec
 from qgen.measures import MeasureSettings
 from qgen.measures.flatness import weight_vector
 from qgen.measures.run import load_run, measure_run, measured_network
-from qgen.train import train
+
+from helpers import compile_latex, tiny_spec, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = RunSpec(
-    experiment="nin_digits",
-    point="p",
-    precision="int4",
-    dataset="digits",
-    model="nin",
-    model_args={"depth": 2, "width": 1},
-    optimizer="adam",
-    lr=0.003,
-    weight_decay=0.0,
-    epochs=3,
-    batch_size=64,
-    milestones=[2],
-    n_train=300,
-    n_test=100,
-)
+SPEC = tiny_spec(precision="int4", epochs=3, milestones=[2], n_train=300)
 SETTINGS = {"depth": 4, "samples": 2, "ascent_steps": 2, "ascent_batch": 16}
 OPTIONS = {"eval_subset": 200, "curvature_iters": 3, "curvature_samples": 2}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
-    train(SPEC, data_root=tmp / "data", out_dir=tmp / "run", ckpt_dir=tmp / "ckpt", device="cpu")
-    return tmp / "run"
+    return train_tiny(SPEC, tmp_path_factory.mktemp("run"))
 
 
 def test_quantized_choice_measures_the_folded_quantized_function(run_dir: Path) -> None:
@@ -145,17 +127,4 @@ def test_table3_marks_the_lowest_value_and_saturated_searches(tmp_path: Path) ->
     assert lines["FP32"].count(r"$^\dagger$") == 2
     assert "0.500" in lines["Int8"] and "16.000" in lines["Int2"]
     if shutil.which("pdflatex"):
-        doc = tmp_path / "doc.tex"
-        doc.write_text(
-            "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-            + tex
-            + "\\end{document}\n"
-        )
-        proc = subprocess.run(
-            ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stdout[-2000:]
+        compile_latex(tex, tmp_path)

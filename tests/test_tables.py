@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from qgen import tables
 from qgen.experiments import expand_runs
+
+from helpers import compile_latex, requires_pdflatex
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "workflow" / "templates"
@@ -135,23 +135,7 @@ def test_table2_pivots_precisions_into_columns(tmp_path: Path) -> None:
     assert "Int2 & Int4 & Int8 & FP32" in tex
 
 
-def compile_latex(tex: str, workdir: Path) -> Path:
-    doc = workdir / "doc.tex"
-    doc.write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\n\\end{document}\n"
-    )
-    proc = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    return workdir / "doc.pdf"
-
-
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex missing; `make test` installs it")
+@requires_pdflatex
 @pytest.mark.parametrize("name", ["table1", "table2"])
 def test_rendered_tables_compile_with_pdflatex(tmp_path: Path, name: str) -> None:
     rows = [{"experiment": "nin_toy", "model": "NiN_(2x1) & co", "where": {"width": 1, "weight_decay": 0.0}}]

@@ -19,18 +19,16 @@ from qgen import data, quant
 from qgen.experiments import RunSpec
 from qgen.train import build_model, build_optimizer, train
 
-SPEC = RunSpec(
-    experiment="nin_digits",
+from helpers import tiny_spec
+
+SPEC = tiny_spec(
     point="depth2-width2_sgd-lr0.05_wd0.0001",
     precision="int4",
-    dataset="digits",
-    model="nin",
     model_args={"depth": 2, "width": 2},
     optimizer="sgd",
     lr=0.05,
     weight_decay=1e-4,
     epochs=5,
-    batch_size=64,
     milestones=[3],
     n_train=640,
     n_test=200,

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ import pytest
 import yaml
 
 from qgen import tables
+
+from helpers import compile_latex, requires_pdflatex
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -217,22 +218,12 @@ def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: 
     assert (mini_run / "paper_tables" / "table2.tex").exists()
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex missing; `make test` installs it")
+@requires_pdflatex
 def test_end_to_end_tables_compile(mini_run: Path, tmp_path: Path) -> None:
     body = "\n".join(
         (mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2", "table3")
     )
-    (tmp_path / "doc.tex").write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
-    )
-    proc = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert compile_latex(body, tmp_path).read_bytes().startswith(b"%PDF")
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,11 @@ def write_json(path: Path | str, data: Any) -> None:
 def read_json(path: Path | str) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def copy_file(source: Path | str, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def save_torch(path: Path | str, obj: Any) -> None:

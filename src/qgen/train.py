@@ -313,6 +313,6 @@ def _finish(
         out_dir / "model.pt",
         {"spec": spec.to_json(), "epoch": state.best_epoch, "state_dict": model.state_dict()},
     )
-    files.save_torch(out_dir / "init.pt", torch.load(init_path, map_location="cpu", weights_only=False))
+    files.copy_file(init_path, out_dir / "init.pt")
     files.write_json(out_dir / "metrics.json", metrics)
     return metrics
