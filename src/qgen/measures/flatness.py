@@ -54,7 +54,7 @@ class MeasureSettings:
     epsilon: float = bounds.EPSILON
     delta: float = bounds.DELTA
     sequential: bool = False
-    sequential_z: float = 2.576
+    sequential_confidence: float = 0.99
     seed: int = 0
 
 
@@ -82,7 +82,9 @@ class FlatnessSearch:
     def _deviation(self, search: str, draw_at: Any) -> Any:
         s = self.settings
         decide = (
-            sequential_decision(self.base_accuracy, s.target, s.tol, s.sequential_z) if s.sequential else None
+            sequential_decision(self.base_accuracy, s.target, s.tol, s.sequential_confidence)
+            if s.sequential
+            else None
         )
         used = self.samples_used.setdefault(search, [])
 

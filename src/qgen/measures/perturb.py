@@ -159,25 +159,29 @@ def monte_carlo_mean(
 
 
 def sequential_decision(
-    base_accuracy: float, target: float, tol: float, z: float
+    base_accuracy: float, target: float, tol: float, confidence: float
 ) -> Callable[[Tensor], bool]:
     """Whether the bisection's decision is already clear from the accuracies drawn so far.
 
-    With the mean accuracy's normal confidence interval ``mean +- z * se``, the deviation ``|mean -
-    base|`` lies in an interval; the decision (too much / too little / within ``tol`` of ``target``)
-    is clear when that whole interval falls on one side of the thresholds.
+    The mean accuracy's Student-t confidence interval (level ``confidence``) bounds the deviation
+    ``|mean - base|``; the decision (too much / too little / within ``tol`` of ``target``) is clear when
+    that whole interval falls on one side of the thresholds.
     """
 
     def decide(values: Tensor) -> bool:
-        half = z * float(values.std(unbiased=True)) / math.sqrt(len(values))
+        n = len(values)
+        half = t_quantile(confidence, n - 1) * float(values.std(unbiased=True)) / math.sqrt(n)
         mean = float(values.mean())
-        low_mean, high_mean = mean - half, mean + half
-        lo = (
-            0.0
-            if low_mean <= base_accuracy <= high_mean
-            else min(abs(low_mean - base_accuracy), abs(high_mean - base_accuracy))
-        )
-        hi = max(abs(low_mean - base_accuracy), abs(high_mean - base_accuracy))
+        ends = (abs(mean - half - base_accuracy), abs(mean + half - base_accuracy))
+        lo = 0.0 if mean - half <= base_accuracy <= mean + half else min(ends)
+        hi = max(ends)
         return lo > target + tol or hi < target - tol or (lo > target - tol and hi < target + tol)
 
     return decide
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """Two-sided Student-t critical value, e.g. 9.925 for 99% with 2 degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - (1 - confidence) / 2, dof))
