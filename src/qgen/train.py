@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-import qgen
 from qgen import data, files, models, quant
 from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.norms import weight_norm
@@ -155,16 +155,9 @@ def _load_state(path: Path, spec: RunSpec) -> TrainState | None:
 
 
 def versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
-    return {
-        "qgen": qgen.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-    }
+    """Versions of Python and of the packages that determine a run's numbers (read without importing them)."""
+    packages = ("qgen", "torch", "torchvision", "timm", "numpy", "scikit-learn")
+    return {"python": platform.python_version()} | {name: metadata.version(name) for name in packages}
 
 
 def train(
