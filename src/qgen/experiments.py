@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 RUN_SCHEMA_VERSION = 1
@@ -67,7 +67,7 @@ class GridPoint:
     optimizer: str
     lr: float
     weight_decay: float
-    name: str = field(default="")
+    name: str
 
 
 def _fmt(value: Any) -> str:

@@ -137,6 +137,23 @@ class TrainState:
     diverged_at: int | None
     spec: str
 
+    @classmethod
+    def fresh(cls, model: nn.Module, spec: RunSpec) -> TrainState:
+        """The state before the first epoch; the initial weights stand in as the best so far."""
+        return cls(
+            epoch=0,
+            model={},
+            optimizer={},
+            scheduler={},
+            best_epoch=0,
+            best_loss=math.inf,
+            best_model=_clone(model.state_dict()),
+            history=[],
+            elapsed_s=0.0,
+            diverged_at=None,
+            spec=spec.to_json(),
+        )
+
 
 def _clone(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state_dict.items()}
@@ -196,9 +213,7 @@ def train(
         files.save_torch(init_path, {"spec": spec.to_json(), "state_dict": model.state_dict()})
     state = _load_state(state_path, spec)
     if state is None:
-        state = TrainState(
-            0, {}, {}, {}, 0, math.inf, _clone(model.state_dict()), [], 0.0, None, spec.to_json()
-        )
+        state = TrainState.fresh(model, spec)
     else:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
