@@ -62,14 +62,13 @@ def bare_epoch(
     """The textbook training loop."""
     model.train()
     loader.set_epoch(epoch)
-    quantized = bool(quant.quantizers(model))
+    steps = quant.step_parameters(model)
     for images, labels in loader:
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
-        if quantized:
-            quant.clamp_steps_(model)
+        quant.clamp_steps_(steps)
 
 
 def draw_epoch(loader: data.BatchLoader, epoch: int) -> None:

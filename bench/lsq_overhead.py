@@ -4,7 +4,7 @@ For each model (NiN depth 4 width 10, the paper's CIFAR-10 model, and the CIFAR 
 are built from the same seed with ``qgen.train.build_model`` (one FP32, one with LSQ weight quantizers
 at ``--precision``) and given SGD with momentum by ``qgen.train.build_optimizer``. A step is what
 ``qgen.train.train_epoch`` does per batch: forward, cross-entropy, ``zero_grad``, backward, optimizer
-step and ``quant.clamp_steps_`` (a no-op scan for the FP32 model), on one fixed random batch of
+step and ``quant.clamp_steps_`` (nothing to clamp for the FP32 model), on one fixed random batch of
 ``--batch-size`` 32x32 images. After warm-up the two steps alternate (FP32, LSQ, FP32, LSQ, ...) and
 the script prints their medians and the ratio LSQ / FP32.
 
@@ -74,13 +74,14 @@ def training_step(spec_: RunSpec, images: Tensor, labels: Tensor) -> Callable[[]
     torch.manual_seed(0)
     model: nn.Module = build_model(spec_).train()
     optimizer = build_optimizer(model, spec_)
+    steps = quant.step_parameters(model)
 
     def step() -> None:
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        quant.clamp_steps_(model)
+        quant.clamp_steps_(steps)
 
     return step
 

@@ -138,10 +138,11 @@ def step_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def clamp_steps_(model: nn.Module, minimum: float = STEP_MIN) -> None:
-    """Keep every learned step ``s >= minimum`` (call after each optimizer step; LSQ needs s > 0)."""
-    for q in quantizers(model).values():
-        q.step.clamp_(min=minimum)
+def clamp_steps_(steps: list[nn.Parameter], minimum: float = STEP_MIN) -> None:
+    """Keep every learned step ``s >= minimum`` (LSQ needs s > 0); call after each optimizer step with
+    ``step_parameters(model)``, collected once outside the training loop."""
+    for step in steps:
+        step.clamp_(min=minimum)
 
 
 def latent_weight(module: nn.Module) -> Tensor:

@@ -79,14 +79,18 @@ def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: data.BatchLoader) -> Evaluation:
-    """Eval-mode loss and accuracy with summed per-sample losses (not a mean of batch means)."""
+    """Eval-mode loss and accuracy with summed per-sample losses (not a mean of batch means).
+
+    Sums stay on the model's device until the end, so no batch waits on the host.
+    """
     model.eval()
-    total_loss = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
+    device = next(model.parameters()).device
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for images, labels in loader:
         logits = model(images)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
-        correct += (logits.argmax(1) == labels).sum().cpu()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
     return Evaluation(float(total_loss) / loader.num_samples, int(correct) / loader.num_samples)
 
 
@@ -100,6 +104,7 @@ def train_epoch(
     model.train()
     loader.set_epoch(epoch)
     device = next(model.parameters()).device
+    steps = quant.step_parameters(model)
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -110,7 +115,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        quant.clamp_steps_(model)
+        quant.clamp_steps_(steps)
         total_loss += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
