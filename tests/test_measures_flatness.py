@@ -12,8 +12,9 @@ from torch.nn import functional as F
 
 from qgen import data
 from qgen.measures import bounds
-from qgen.measures.flatness import MeasureSettings, flatness_measures, weight_vector
+from qgen.measures.flatness import MeasureSettings, flatness_measures
 from qgen.measures.perturb import EvalSet, PerturbedEvaluator, gaussian_std, perturbed_names
+from qgen.norms import weight_vector
 from qgen.train import build_model
 
 from helpers import tiny_spec, train_tiny

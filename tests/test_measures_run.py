@@ -14,8 +14,8 @@ import torch
 
 from qgen import files, tables
 from qgen.measures import MeasureSettings
-from qgen.measures.flatness import weight_vector
 from qgen.measures.run import load_run, measure_run, measured_network
+from qgen.norms import weight_vector
 
 from helpers import compile_latex, tiny_spec, train_tiny
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from qgen.quant import QUANTIZABLE, latent_weight
 
 
-def weight_tensors(model: nn.Module) -> dict[str, Tensor]:
-    """Layer name -> latent weight of every conv/linear layer (no biases, no BN), in definition order.
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """``W``: the weight of every conv/linear layer (no biases, no BN), in definition order.
 
-    For a quantized layer this is the float weight the optimizer updates, not its quantized image.
+    For a quantized layer this is the latent float weight the optimizer updates, not its quantized image.
     """
-    return {
-        name: latent_weight(m).detach() for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)
-    }
+    return [latent_weight(m) for m in model.modules() if isinstance(m, QUANTIZABLE)]
+
+
+def weight_vector(model: nn.Module) -> Tensor:
+    """``W`` flattened into one float64 vector (detached)."""
+    return torch.cat([w.detach().flatten().double() for w in weight_parameters(model)])
 
 
 def weight_norm(model: nn.Module) -> float:
     """``||W||_2`` with all weights flattened into one vector (paper Table 2)."""
-    squares = sum(w.double().square().sum() for w in weight_tensors(model).values())
-    return float(torch.as_tensor(squares).sqrt())
+    return math.sqrt(float(weight_vector(model).square().sum()))

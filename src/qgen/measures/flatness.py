@@ -15,7 +15,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from qgen import quant
 from qgen.measures import bounds
 from qgen.measures.perturb import (
     EvalSet,
@@ -27,6 +26,7 @@ from qgen.measures.perturb import (
     sequential_decision,
 )
 from qgen.measures.search import SearchResult, bisect_scale
+from qgen.norms import weight_vector
 
 SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
 
@@ -56,12 +56,6 @@ class MeasureSettings:
     sequential: bool = False
     sequential_confidence: float = 0.99
     seed: int = 0
-
-
-def weight_vector(model: nn.Module) -> Tensor:
-    """``W``: the conv/linear weights of ``model`` (latent weights of quantized layers), flattened."""
-    layers = [m for m in model.modules() if isinstance(m, quant.QUANTIZABLE)]
-    return torch.cat([quant.latent_weight(m).detach().flatten().double() for m in layers])
 
 
 class FlatnessSearch:

@@ -19,6 +19,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from qgen import quant
+from qgen.norms import weight_parameters
 
 NoiseConvention = Literal["reference", "jiang"]
 
@@ -43,7 +44,7 @@ def perturbed_names(model: nn.Module, which: Literal["all", "weights"]) -> list[
     """Parameters the searches perturb: every parameter except LSQ steps (the reference code perturbs
     all parameters of the folded model), or only the conv/linear weights ``W`` of the bounds."""
     steps = {id(p) for p in quant.step_parameters(model)}
-    weights = {id(quant.latent_weight(m)) for m in model.modules() if isinstance(m, quant.QUANTIZABLE)}
+    weights = {id(p) for p in weight_parameters(model)}
     chosen = weights if which == "weights" else {id(p) for p in model.parameters()} - steps
     return [name for name, p in model.named_parameters() if id(p) in chosen]
 
@@ -55,8 +56,8 @@ class PerturbedEvaluator:
         self.model = model.eval()
         self.data = data
         self.names = names
-        self.state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        self.state = {k: v.detach() for k, v in self.state.items()}
+        named = [*model.named_parameters(), *model.named_buffers()]
+        self.state = {name: tensor.detach() for name, tensor in named}
         self.base = {name: self.state[name] for name in names}
         self.images_evaluated = 0
 

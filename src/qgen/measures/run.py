@@ -25,7 +25,7 @@ from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.folding import fold_batchnorm, folded_pairs, materialize_weights
 from qgen.measures.flatness import MeasureSettings, flatness_measures
 from qgen.measures.perturb import EvalSet
-from qgen.quant import QUANTIZABLE, latent_weight
+from qgen.norms import weight_parameters
 from qgen.train import build_model, resolve_device
 
 WeightChoice = Literal["quantized", "latent"]
@@ -123,7 +123,7 @@ def measure_run(
 def curvature_of(network: nn.Module, evalset: EvalSet, seed: int, iters: int, samples: int) -> dict[str, Any]:
     """Top Hessian eigenvalue (at most ``iters`` power iterations) and Hutchinson trace (``samples``
     probes) of the training loss w.r.t. ``W`` (beyond the paper; PyHessian's quantities)."""
-    params = [latent_weight(m) for m in network.modules() if isinstance(m, QUANTIZABLE)]
+    params = weight_parameters(network)
     batches = list(evalset.batches())
     top = hessian.top_eigenvalue(network, batches, params=params, max_iter=iters, seed=seed)
     tr = hessian.trace(network, batches, params=params, samples=samples, seed=seed)
