@@ -43,6 +43,7 @@ bench: venv
 	$(BIN)/python bench/loop_throughput.py
 	$(BIN)/python bench/dag_dryrun.py
 	$(BIN)/python bench/flatness_search.py
+	$(BIN)/python bench/flatness_search.py --search alpha
 
 clean:
 	rm -rf results/* paper_tables/* logs .snakemake

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import statistics
 
 import pytest
 import torch
@@ -13,7 +14,14 @@ from torch.nn import functional as F
 from qgen import data
 from qgen.measures import bounds
 from qgen.measures.flatness import MeasureSettings, flatness_measures
-from qgen.measures.perturb import EvalSet, PerturbedEvaluator, gaussian_std, perturbed_names
+from qgen.measures.perturb import (
+    EvalSet,
+    PerturbedEvaluator,
+    StepTally,
+    gaussian_std,
+    perturbed_names,
+    t_quantile,
+)
 from qgen.norms import weight_vector
 from qgen.train import build_model
 
@@ -111,8 +119,8 @@ def test_ascent_raises_the_loss_and_stays_in_the_box(trained) -> None:
     names = perturbed_names(model, "all")
     evaluator = PerturbedEvaluator(model, evalset, names)
     box = {n: p.abs() for n, p in evaluator.base.items()}
-    gen = torch.Generator().manual_seed(0)
-    offsets = evaluator.ascend(box, 0.05, copies=2, steps=5, lr=0.05, batch=64, generator=gen)
+    generators = [torch.Generator().manual_seed(k) for k in range(2)]
+    offsets = evaluator.ascend(box, 0.05, steps=5, lr=0.05, batch=64, generators=generators)
     for n in names:
         assert (offsets[n].abs() <= 0.05 * box[n] + 1e-7).all()
         assert offsets[n].abs().max() > 0
@@ -157,6 +165,43 @@ def test_reported_values_follow_from_the_searches(trained, measured) -> None:
     for key in ("sigma", "sigma_mag", "alpha", "alpha_mag"):
         assert out["flatness"][key] == pytest.approx(out["searches"][key]["value"] ** -2)
         assert len(out["searches"][key]["samples_used"]) == out["searches"][key]["iterations"]
+
+
+def test_stopping_when_certain_changes_no_search(trained) -> None:
+    """The early stop skips only predictions that cannot change a move: same trajectory of scales."""
+    model, init, evalset = trained
+    settings = dataclasses.replace(FAST, copies_per_pass=1)
+    full = flatness_measures(
+        model, init, evalset, SPEC.n_train, dataclasses.replace(settings, stop_when_certain=False)
+    )
+    early = flatness_measures(model, init, evalset, SPEC.n_train, settings)
+    for key, search in full["searches"].items():
+        assert all(f == 1.0 for f in search["evaluated_fraction"])
+        stopped = early["searches"][key]
+        assert [scale for scale, _ in stopped["trajectory"]] == [scale for scale, _ in search["trajectory"]]
+        assert (stopped["value"], stopped["converged"], stopped["saturated"]) == (
+            search["value"],
+            search["converged"],
+            search["saturated"],
+        )
+    assert early["raw"] == full["raw"]
+    assert early["forward_images"] < full["forward_images"]
+
+
+def test_step_tally_ranges_contain_every_completion() -> None:
+    """After some predictions, the certain range holds the deviation of any way the step can end."""
+    tally = StepTally(samples=3, n=4, base=0.75)
+    tally.add(correct=1, predictions=4)
+    lo, hi = tally.certain_range()
+    assert lo <= tally.deviation() <= hi
+    for rest in range(9):  # correct among the 8 predictions left
+        assert lo <= abs((1 + rest) / 12 - 0.75) <= hi
+    assert (lo, hi) == (0.0, pytest.approx(0.75 - 1 / 12))
+    assert tally.confident_range(0.99) is None
+    tally.copy_accuracies += [0.25, 0.5]
+    lo, hi = tally.confident_range(0.99)
+    half = t_quantile(0.99, 1) * statistics.stdev([0.25, 0.5]) / 2**0.5
+    assert (lo, hi) == (pytest.approx(0.0), pytest.approx(0.375 + half))
 
 
 def test_sequential_mode_uses_fewer_samples(trained) -> None:

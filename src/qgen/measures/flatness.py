@@ -9,6 +9,7 @@ an *init* bound (``||W - W0||``) and an *orig* bound (``||W||``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -20,12 +21,11 @@ from qgen.measures.perturb import (
     EvalSet,
     NoiseConvention,
     PerturbedEvaluator,
+    StepTally,
     gaussian_std,
-    monte_carlo_mean,
     perturbed_names,
-    sequential_decision,
 )
-from qgen.measures.search import SearchResult, bisect_scale
+from qgen.measures.search import SearchResult, bisect_scale, bisection_move
 from qgen.norms import weight_vector
 
 SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
@@ -35,8 +35,12 @@ SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
 class MeasureSettings:
     """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code.
 
-    ``copies_per_pass`` is a speed setting only: ``None`` evaluates all ``samples`` copies per pass on a
-    GPU and one at a time on a CPU (see :class:`~qgen.measures.perturb.PerturbedEvaluator`).
+    Speed settings that leave every searched scale unchanged: ``copies_per_pass`` (``None``: all
+    ``samples`` copies per pass on a GPU, one at a time on a CPU; see
+    :class:`~qgen.measures.perturb.PerturbedEvaluator`) and ``stop_when_certain`` (a bisection step stops
+    evaluating once its move no longer depends on the predictions left; the trajectory then records the
+    deviation of the predictions made). ``sequential`` does change what is measured: a step stops once
+    its move is clear at level ``sequential_confidence``.
     """
 
     target: float = 0.1
@@ -53,6 +57,7 @@ class MeasureSettings:
     ascent_batch: int = 128
     epsilon: float = bounds.EPSILON
     delta: float = bounds.DELTA
+    stop_when_certain: bool = True
     sequential: bool = False
     sequential_confidence: float = 0.99
     seed: int = 0
@@ -68,53 +73,87 @@ class FlatnessSearch:
         on_gpu = data.labels.device.type == "cuda"
         self.chunk = settings.copies_per_pass or (settings.samples if on_gpu else 1)
         self.samples_used: dict[str, list[int]] = {}
+        self.evaluated_fraction: dict[str, list[float]] = {}
 
-    def _generator(self, search: str) -> torch.Generator:
+    def _generators(self, search: str, step: int, copies: range) -> list[torch.Generator]:
+        """One generator per copy, seeded by (seed, search, bisection step, copy): a copy's draws do not
+        depend on how many other copies were evaluated, so stopping a step early changes no later draw."""
         device = self.evaluator.data.labels.device
-        return torch.Generator(device=device).manual_seed(self.settings.seed * 1000 + SEARCHES.index(search))
+        first = ((self.settings.seed * len(SEARCHES) + SEARCHES.index(search)) * 1000 + step) * 1000
+        return [torch.Generator(device=device).manual_seed(first + k) for k in copies]
 
-    def _deviation(self, search: str, draw_at: Any) -> Any:
+    def _decided(self, deviations: tuple[float, float] | None) -> bool:
+        """Whether every deviation in the range leads the bisection to the same move."""
+        if deviations is None:
+            return False
         s = self.settings
-        decide = (
-            sequential_decision(self.base_accuracy, s.target, s.tol, s.sequential_confidence)
-            if s.sequential
-            else None
+        return bisection_move(deviations[0], s.target, s.tol) == bisection_move(
+            deviations[1], s.target, s.tol
         )
+
+    def _evaluate_copies(self, counts: Iterator[tuple[Tensor, int]], tally: StepTally) -> bool:
+        """Count one pass of perturbed copies into ``tally``; whether the step's move is settled."""
+        per_copy = torch.zeros(())
+        for correct, images in counts:
+            tally.add(int(correct.sum()), len(correct) * images)
+            per_copy = per_copy + correct
+            if self.settings.stop_when_certain and self._decided(tally.certain_range()):
+                return True
+        tally.copy_accuracies += (per_copy / tally.n).tolist()
+        return self.settings.sequential and self._decided(
+            tally.confident_range(self.settings.sequential_confidence)
+        )
+
+    def _deviation(
+        self, search: str, draw: Callable[[float, int, range], Iterator[tuple[Tensor, int]]]
+    ) -> Callable[[float], float]:
+        """The accuracy deviation at a scale: ``samples`` copies, ``chunk`` per pass, stopped once settled."""
+        s = self.settings
         used = self.samples_used.setdefault(search, [])
+        fractions = self.evaluated_fraction.setdefault(search, [])
 
         def deviation(scale: float) -> float:
-            mean, n = monte_carlo_mean(lambda k: draw_at(scale, k), s.samples, self.chunk, decide)
-            used.append(n)
-            return abs(mean - self.base_accuracy)
+            tally = StepTally(s.samples, len(self.evaluator.data), self.base_accuracy)
+            step, drawn = len(used), 0
+            while drawn < s.samples:
+                copies = range(drawn, min(drawn + self.chunk, s.samples))
+                drawn = copies.stop
+                if self._evaluate_copies(draw(scale, step, copies), tally):
+                    break
+            used.append(drawn)
+            fractions.append(tally.evaluated / (s.samples * tally.n))
+            return tally.deviation()
 
         return deviation
 
     def gaussian(self, magnitude_aware: bool) -> SearchResult:
         """sigma (or sigma'): mean accuracy of ``samples`` noisy copies per scale."""
         search = "sigma_mag" if magnitude_aware else "sigma"
-        gen, base, s = self._generator(search), self.evaluator.base, self.settings
+        base, s = self.evaluator.base, self.settings
 
-        def draw(scale: float, copies: int) -> Tensor:
+        def draw(scale: float, step: int, copies: range) -> Iterator[tuple[Tensor, int]]:
+            generators = self._generators(search, step, copies)
             deltas = {}
             for name, p in base.items():
                 std = gaussian_std(p, scale, magnitude_aware, s.noise, s.epsilon)
-                noise = torch.randn((copies, *p.shape), generator=gen, device=p.device)
+                noise = torch.stack([torch.randn(p.shape, generator=g, device=p.device) for g in generators])
                 deltas[name] = noise * std
-            return self.evaluator.accuracy(deltas)
+            return self.evaluator.correct_counts(deltas)
 
         return bisect_scale(self._deviation(search, draw), s.target, s.tol, s.lo, s.hi, s.depth)
 
     def worst_case(self, magnitude_aware: bool) -> SearchResult:
         """alpha (or alpha'): mean accuracy after ``samples`` projected-ascent runs per scale."""
         search = "alpha_mag" if magnitude_aware else "alpha"
-        gen, base, s = self._generator(search), self.evaluator.base, self.settings
+        base, s = self.evaluator.base, self.settings
         box = {name: p.abs() if magnitude_aware else torch.ones_like(p) for name, p in base.items()}
 
-        def draw(scale: float, copies: int) -> Tensor:
+        def draw(scale: float, step: int, copies: range) -> Iterator[tuple[Tensor, int]]:
+            generators = self._generators(search, step, copies)
             offsets = self.evaluator.ascend(
-                box, scale, copies, s.ascent_steps, s.ascent_lr, s.ascent_batch, gen
+                box, scale, s.ascent_steps, s.ascent_lr, s.ascent_batch, generators
             )
-            return self.evaluator.accuracy(offsets)
+            return self.evaluator.correct_counts(offsets)
 
         return bisect_scale(self._deviation(search, draw), s.target, s.tol, s.lo, s.hi, s.depth)
 
@@ -172,7 +211,11 @@ def flatness_measures(
             "w": math.sqrt(float(w.square().sum())),
             "w_minus_w0": math.sqrt(float((w - w0).square().sum())),
         },
-        "searches": {k: asdict(r) | {"samples_used": search.samples_used[k]} for k, r in results.items()},
+        "searches": {
+            k: asdict(r)
+            | {"samples_used": search.samples_used[k], "evaluated_fraction": search.evaluated_fraction[k]}
+            for k, r in results.items()
+        },
         "flatness": {k: 1 / v**2 for k, v in scales.items()},
         "raw": raw,
         "normalized": {k: bounds.normalized(v, m) for k, v in raw.items()},

@@ -4,13 +4,17 @@ The sigma and alpha searches (QGen App. B.2) evaluate 10 perturbed copies at eac
 :class:`PerturbedEvaluator` evaluates ``K`` copies per pass with ``torch.func.functional_call`` under
 ``vmap``: every batch is read once for all copies, the unperturbed weights are never copied back and
 forth, and nothing is re-folded per sample. The model is always evaluated in eval mode.
+
+:class:`StepTally` counts one bisection step's predictions as they are made, so that the search can
+stop evaluating once the step's move is certain (or, in the opt-in sequential mode, statistically clear).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -79,15 +83,18 @@ class PerturbedEvaluator:
         return vmap(one, in_dims=(0, in_dims))(params, images)
 
     @torch.no_grad()
-    def accuracy(self, deltas: dict[str, Tensor]) -> Tensor:
-        """Training accuracy of each copy ``base + deltas`` (a fraction per copy, shape ``(K,)``)."""
+    def correct_counts(self, deltas: dict[str, Tensor]) -> Iterator[tuple[Tensor, int]]:
+        """Batch by batch: the correct predictions of each copy ``base + deltas`` (shape ``(K,)``) and the
+        batch's size. Stopping the iteration early skips the remaining batches."""
         params = {name: self.base[name] + deltas[name] for name in self.names}
         copies = next(iter(deltas.values())).shape[0]
-        correct = torch.zeros(copies, device=self.data.labels.device)
         for images, labels in self.data.batches():
-            correct += (self._logits(params, images).argmax(-1) == labels).sum(-1)
             self.images_evaluated += copies * len(labels)
-        return correct / len(self.data)
+            yield (self._logits(params, images).argmax(-1) == labels).sum(-1), len(labels)
+
+    def accuracy(self, deltas: dict[str, Tensor]) -> Tensor:
+        """Training accuracy of each copy ``base + deltas`` (a fraction per copy, shape ``(K,)``)."""
+        return sum(counts for counts, _ in self.correct_counts(deltas)) / len(self.data)
 
     def unperturbed_accuracy(self) -> float:
         zeros = {name: torch.zeros_like(self.base[name]).unsqueeze(0) for name in self.names}
@@ -97,23 +104,24 @@ class PerturbedEvaluator:
         self,
         box: dict[str, Tensor],
         scale: float,
-        copies: int,
         steps: int,
         lr: float,
         batch: int,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
     ) -> dict[str, Tensor]:
-        """Projected gradient *ascent* on the cross-entropy (QGen App. B.2), for ``copies`` copies at once.
+        """Projected gradient *ascent* on the cross-entropy (QGen App. B.2), for several copies at once.
 
-        Each copy takes ``steps`` SGD steps of size ``lr`` up the mean cross-entropy of its own random
-        mini-batch of ``batch`` training images, each followed by projection onto the box
+        Copy ``k`` takes ``steps`` SGD steps of size ``lr`` up the mean cross-entropy of a random mini-batch
+        of ``batch`` training images drawn with ``generators[k]``, each followed by projection onto the box
         ``|u_i| <= scale * box_i``. Returns the final offsets ``u`` (shape ``(copies, ...)`` each).
         """
+        copies, n = len(generators), len(self.data)
         limit = {name: scale * box[name] for name in self.names}
         offsets = {name: torch.zeros((copies, *p.shape), device=p.device) for name, p in self.base.items()}
-        n = len(self.data)
         for _ in range(steps):
-            index = torch.randint(n, (copies, batch), generator=generator, device=generator.device)
+            index = torch.stack(
+                [torch.randint(n, (batch,), generator=g, device=g.device) for g in generators]
+            )
             index = index.to(self.data.labels.device)
             images, labels = self.data.images[index], self.data.labels[index]
             params = {name: (self.base[name] + offsets[name]).requires_grad_(True) for name in self.names}
@@ -144,41 +152,55 @@ def gaussian_std(
     return variance_like if convention == "reference" else variance_like.sqrt()
 
 
-def monte_carlo_mean(
-    draw: Callable[[int], Tensor], samples: int, chunk: int, decide: Callable[[Tensor], bool] | None = None
-) -> tuple[float, int]:
-    """Mean of ``samples`` draws, drawn ``chunk`` at a time; ``decide`` may stop early (sequential mode).
-
-    Returns the mean of the draws made and how many were made.
-    """
-    values = torch.empty(0)
-    while len(values) < samples:
-        values = torch.cat([values, draw(min(chunk, samples - len(values))).double().cpu()])
-        if decide is not None and len(values) >= 2 and len(values) < samples and decide(values):
-            break
-    return float(values.mean()), len(values)
+def deviation_range(mean_lo: float, mean_hi: float, base: float) -> tuple[float, float]:
+    """Smallest and largest ``|mean - base|`` over ``mean`` in ``[mean_lo, mean_hi]``."""
+    ends = (abs(mean_lo - base), abs(mean_hi - base))
+    return (0.0 if mean_lo <= base <= mean_hi else min(ends)), max(ends)
 
 
-def sequential_decision(
-    base_accuracy: float, target: float, tol: float, confidence: float
-) -> Callable[[Tensor], bool]:
-    """Whether the bisection's decision is already clear from the accuracies drawn so far.
+@dataclass
+class StepTally:
+    """The predictions counted so far in one bisection step: ``samples`` perturbed copies x ``n`` images.
 
-    The mean accuracy's Student-t confidence interval (level ``confidence``) bounds the deviation
-    ``|mean - base|``; the decision (too much / too little / within ``tol`` of ``target``) is clear when
-    that whole interval falls on one side of the thresholds.
+    The step's deviation is ``|mean accuracy - base|`` with the mean over all ``samples * n`` predictions
+    (equal to the mean of the copies' accuracies, as in the reference code). Two ranges bound the value
+    the complete step would give, so that its bisection move can be known before it is complete.
     """
 
-    def decide(values: Tensor) -> bool:
-        n = len(values)
-        half = t_quantile(confidence, n - 1) * float(values.std(unbiased=True)) / math.sqrt(n)
-        mean = float(values.mean())
-        ends = (abs(mean - half - base_accuracy), abs(mean + half - base_accuracy))
-        lo = 0.0 if mean - half <= base_accuracy <= mean + half else min(ends)
-        hi = max(ends)
-        return lo > target + tol or hi < target - tol or (lo > target - tol and hi < target + tol)
+    samples: int
+    n: int
+    base: float
+    correct: int = 0
+    evaluated: int = 0
+    copy_accuracies: list[float] = field(default_factory=list)
 
-    return decide
+    def add(self, correct: int, predictions: int) -> None:
+        self.correct += correct
+        self.evaluated += predictions
+
+    def deviation(self) -> float:
+        """The deviation of the predictions made so far: the step's deviation once it is complete."""
+        return abs(self.correct / self.evaluated - self.base)
+
+    def certain_range(self) -> tuple[float, float]:
+        """Every deviation the complete step can still give (the predictions left all wrong, or all right).
+
+        The deviation so far, :meth:`deviation`, always lies in this range.
+        """
+        total = self.samples * self.n
+        return deviation_range(
+            self.correct / total, (self.correct + total - self.evaluated) / total, self.base
+        )
+
+    def confident_range(self, confidence: float) -> tuple[float, float] | None:
+        """The deviation's Student-t interval at level ``confidence`` from the accuracies of the copies
+        completed so far (sequential mode); ``None`` before two copies are complete."""
+        values = self.copy_accuracies
+        if len(values) < 2:
+            return None
+        mean = statistics.fmean(values)
+        half = t_quantile(confidence, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        return deviation_range(mean - half, mean + half, self.base)
 
 
 def t_quantile(confidence: float, dof: int) -> float:

@@ -13,6 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+Move = Literal["within", "above", "below"]
+
+
+def bisection_move(deviation: float, target: float, tol: float) -> Move:
+    """What one bisection step does with a deviation: stop (``within`` ``tol`` of ``target``), or move the
+    upper end down (``above``: too much deviation) or the lower end up (``below``).
+
+    The three outcomes cover consecutive ranges of ``deviation`` (below < within < above), so all values
+    of an interval lead to the same move exactly when its two ends do.
+    """
+    if abs(deviation - target) < tol:
+        return "within"
+    return "above" if deviation > target else "below"
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -46,9 +60,10 @@ def bisect_scale(
         scale = (lower + upper) / 2
         dev = deviation(scale)
         trajectory.append((scale, dev))
-        if abs(dev - target) < tol:
+        move = bisection_move(dev, target, tol)
+        if move == "within":
             return SearchResult(scale, len(trajectory), True, None, trajectory)
-        if dev > target:
+        if move == "above":
             upper = scale
         else:
             lower = scale
