@@ -57,7 +57,10 @@ def measured_network(model: nn.Module, weights: WeightChoice) -> nn.Module:
 def training_eval_set(
     spec: RunSpec, data_root: Path, subset: int | None, batch_size: int, device: torch.device
 ) -> tuple[EvalSet, int]:
-    """The unaugmented training images (optionally a fixed seeded subset) and ``m``, the training-set size."""
+    """The unaugmented training images (optionally a fixed seeded subset) and ``m``, the training-set size.
+
+    The images are stored channels-last, which the convolutions of every perturbed copy inherit.
+    """
     loader = data.build_loader(
         spec.dataset,
         "train",
@@ -76,7 +79,8 @@ def training_eval_set(
             raise ValueError(f"eval_subset {subset} exceeds the training-set size {m}")
         index = torch.randperm(m, generator=torch.Generator().manual_seed(spec.seed))[:subset].sort().values
         images, labels = images[index.to(device)], labels[index.to(device)]
-    return EvalSet(images, labels, batch_size), m
+    # channels_last makes CPU convolutions markedly faster; the values are the same to float rounding.
+    return EvalSet(images.contiguous(memory_format=torch.channels_last), labels, batch_size), m
 
 
 def measure_run(
