@@ -98,4 +98,4 @@ def read_npy_split(root: Path, name: str, severity: int) -> tuple[np.ndarray, np
     n = len(labels) // len(SEVERITIES)
     block = slice((severity - 1) * n, severity * n)
     images = np.load(root / f"{name}.npy", mmap_mode="r")[block]
-    return np.ascontiguousarray(images), np.asarray(labels[block], dtype=np.int64)
+    return np.array(images), np.asarray(labels[block], dtype=np.int64)
