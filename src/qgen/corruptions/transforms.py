@@ -296,27 +296,33 @@ def frost_texture(index: int, height: int, width: int) -> Array:
     rng = np.random.default_rng([_FROST_SEED, index])
     side = _next_power_of_two(max(height, width))
     film = plasma_fractal(side, 1.8, rng)[:height, :width]
-    needles = np.zeros((height, width))
     count = int(height * width / 900)
     starts = rng.uniform((0, 0), (height, width), size=(count, 2))
     angles = rng.uniform(0, 2 * np.pi, count)
     lengths = rng.uniform(0.02, 0.12, count) * max(height, width)
-    for (y, x), angle, length in zip(starts, angles, lengths, strict=True):
-        t = np.arange(0, length, 0.5)
-        trunk = np.stack([y + t * np.sin(angle), x + t * np.cos(angle)], axis=1)
-        branches = [trunk]
-        for at in rng.uniform(0.2, 0.9, 3) * length:
-            side_t = np.arange(0, 0.35 * length, 0.5)
-            for turn in (np.pi / 3, -np.pi / 3):
-                base = (y + at * np.sin(angle), x + at * np.cos(angle))
-                branches.append(
-                    np.stack(
-                        [base[0] + side_t * np.sin(angle + turn), base[1] + side_t * np.cos(angle + turn)], 1
-                    )
-                )
-        points = np.concatenate(branches).round().astype(int)
-        keep = (points[:, 0] >= 0) & (points[:, 0] < height) & (points[:, 1] >= 0) & (points[:, 1] < width)
-        np.add.at(needles, (points[keep, 0], points[keep, 1]), rng.uniform(0.3, 1.0))
+    # Each crystal: a trunk and, at three points along it, a pair of branches 0.35x as long at +-60 degrees.
+    at = rng.uniform(0.2, 0.9, (count, 3)) * lengths[:, None]
+    trunk_dir = np.stack([np.sin(angles), np.cos(angles)], axis=1)
+    branch_origins = starts[:, None, :] + at[..., None] * trunk_dir[:, None, :]
+    origins = [starts]
+    directions = [angles]
+    spans = [lengths]
+    for turn in (np.pi / 3, -np.pi / 3):
+        origins.append(branch_origins.reshape(-1, 2))
+        directions.append(np.repeat(angles + turn, 3))
+        spans.append(np.repeat(0.35 * lengths, 3))
+    origin, direction, span = (np.concatenate(parts) for parts in (origins, directions, spans))
+    crystal = rng.uniform(0.3, 1.0, count)  # one brightness per crystal
+    brightness = np.concatenate([crystal, np.repeat(crystal, 3), np.repeat(crystal, 3)])
+    t = np.arange(0, span.max() + 0.5, 0.5)
+    inside = t[None, :] <= span[:, None]
+    ys = origin[:, :1] + t[None, :] * np.sin(direction)[:, None]
+    xs = origin[:, 1:] + t[None, :] * np.cos(direction)[:, None]
+    ys, xs = ys.round().astype(int), xs.round().astype(int)
+    keep = inside & (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+    weight = np.broadcast_to(brightness[:, None], keep.shape)
+    needles = np.zeros((height, width))
+    np.add.at(needles, (ys[keep], xs[keep]), weight[keep])
     needles = ndimage.gaussian_filter(np.minimum(needles, 1.5), 0.8)
     level = _FROST_LEVELS[index]
     grey = np.clip(level * (0.6 + 0.8 * film) + 0.9 * needles / max(needles.max(), 1e-9) - 0.25, 0, 1)
