@@ -253,6 +253,7 @@ def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-5000:]
     for name in ("table1", "table2", "table3"):
         assert (clone / "paper_tables" / f"{name}.tex").read_text().count("Digits") == 1
+    assert (clone / "paper_tables" / "table5.tex").read_text().count("& Fog &") == 2  # NiN, ResNet-18
 
 
 def test_conda_env_pins_equal_pyproject() -> None:
