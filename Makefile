@@ -44,6 +44,8 @@ bench: venv
 	$(BIN)/python bench/dag_dryrun.py
 	$(BIN)/python bench/flatness_search.py
 	$(BIN)/python bench/flatness_search.py --search alpha
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/corruptions.py
 
 clean:
 	rm -rf results/* paper_tables/* logs .snakemake

@@ -13,6 +13,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measures.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/corruptions.smk"
 
 
 rule all:

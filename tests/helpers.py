@@ -45,11 +45,13 @@ def train_tiny(spec: RunSpec, tmp: Path) -> Path:
     return tmp / "run"
 
 
-def compile_latex(tex: str, workdir: Path) -> Path:
-    """Compile ``tex`` (a table) inside a minimal booktabs document; fails the test on a LaTeX error."""
+def compile_latex(tex: str, workdir: Path, packages: tuple[str, ...] = ()) -> Path:
+    """Compile ``tex`` (a table) inside a minimal booktabs document (plus ``packages``); fails the test on a
+    LaTeX error."""
     doc = workdir / "doc.tex"
+    preamble = "".join(f"\\usepackage{{{name}}}\n" for name in ("booktabs", *packages))
     doc.write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex + "\n\\end{document}\n"
+        "\\documentclass{article}\n" + preamble + "\\begin{document}\n" + tex + "\n\\end{document}\n"
     )
     proc = subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],

@@ -142,3 +142,91 @@ def test_rendered_tables_compile_with_pdflatex(tmp_path: Path, name: str) -> Non
     tex = rendered(tmp_path, name, fake_metrics(), rows)
     pdf = compile_latex(tex, tmp_path)
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def fake_corruption_results() -> tuple[list[dict], list[dict]]:
+    """Per-run corruptions.csv contents for one grid point of CONFIG at every precision, with known gaps."""
+    from qgen.corruptions import CORRUPTIONS, SEVERITIES
+
+    results = []
+    for spec in expand_runs(CONFIG):
+        if spec.model_args != {"width": 1} or spec.weight_decay != 0.0:
+            continue
+        shift = {"fp32": 0.0, "int8": -0.01, "int4": -0.02, "int2": 0.05}[spec.precision]
+        rows = [
+            {
+                "corruption": c,
+                "severity": s,
+                "n": 10,
+                "loss": 1.0 + 0.1 * s + 0.01 * k + shift,
+                "accuracy": 0.9 - 0.1 * s,
+                "train_loss": 0.5,
+                "gap": 0.5 + 0.1 * s + 0.01 * k + shift,
+            }
+            for k, c in enumerate(CORRUPTIONS)
+            for s in SEVERITIES
+        ]
+        results.append({"spec": json.loads(spec.to_json()), "status": "ok", "rows": rows})
+    return results, [{"experiment": "nin_toy", "model": "NiN", "where": {"width": 1, "weight_decay": 0.0}}]
+
+
+def test_corruption_summary_has_one_row_per_model_precision_corruption_and_severity() -> None:
+    results, rows = fake_corruption_results()
+    summary = tables.summarize_corruptions(results, rows)
+    assert len(summary) == 4 * 15 * 5
+    first = summary[0]
+    assert {
+        k: first[k] for k in ("experiment", "dataset", "model", "precision", "corruption", "severity")
+    } == {
+        "experiment": "nin_toy",
+        "dataset": "Digits",
+        "model": "NiN",
+        "precision": "fp32",
+        "corruption": "gaussian_noise",
+        "severity": 1,
+    }
+    assert first["gap"] == pytest.approx(first["test_loss"] - first["train_loss"])
+
+
+def test_per_run_csv_results_take_spec_and_status_from_metrics_json(tmp_path: Path) -> None:
+    results, _ = fake_corruption_results()
+    (tmp_path / "metrics.json").write_text(json.dumps({"spec": results[0]["spec"], "status": "ok"}))
+    tables.write_csv(tmp_path / "corruptions.csv", results[0]["rows"])
+    (loaded,) = tables.load_results([tmp_path / "corruptions.csv"])
+    assert loaded == results[0]
+
+
+@pytest.mark.parametrize("name", ["table4", "table5"])
+def test_gap_tables_mark_cells_against_fp32(tmp_path: Path, name: str) -> None:
+    results, rows = fake_corruption_results()
+    tex = rendered(tmp_path, name, results, rows)
+    line = next(x for x in tex.splitlines() if "& Fog &" in x)
+    cells = [c.strip() for c in line.rstrip("\\ ").split("&")][2:]
+    fp32, int8, int4, int2 = cells[:4]  # severity 1: gaps 0.69, 0.68, 0.67 and 0.74
+    assert (fp32, int8, int4, int2) == (
+        "0.690",
+        r"\qgenbetter{0.680}",
+        r"\qgenbetter{0.670}",
+        r"\qgenworse{0.740}",
+    )
+    assert len(cells) == 20 and line.startswith(" & Fog")
+    assert "Severity 5" in tex and r"\begin{longtable}" in tex
+
+
+def test_table6_lists_gap_and_accuracy_per_precision(tmp_path: Path) -> None:
+    results, rows = fake_corruption_results()
+    tex = rendered(tmp_path, "table6", results, rows)
+    lines = tex.splitlines()
+    fog = next(i for i, x in enumerate(lines) if "& Fog & FP32 &" in x)
+    assert [x.split("&")[2].strip() for x in lines[fog : fog + 4]] == ["FP32", "Int8", "Int4", "Int2"]
+    cells = [c.strip() for c in lines[fog + 3].rstrip("\\ ").split("&")][3:]
+    assert cells[:2] == [r"\qgenworse{0.740}", "80.00"] and len(cells) == 10
+
+
+@requires_pdflatex
+@pytest.mark.parametrize("name", ["table4", "table5", "table6"])
+def test_long_corruption_tables_compile(tmp_path: Path, name: str) -> None:
+    results, rows = fake_corruption_results()
+    tex = rendered(tmp_path, name, results, rows)
+    pdf = compile_latex(tex, tmp_path, packages=("longtable", "pdflscape"))
+    assert pdf.read_bytes().startswith(b"%PDF")

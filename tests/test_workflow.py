@@ -82,7 +82,9 @@ def test_dry_run_of_the_paper_config_plans_every_training_job() -> None:
     jobs = planned_jobs(proc.stdout + proc.stderr)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert jobs["train"] == expected_train_jobs(config) == 1944 + 11 * 4
-    assert jobs["download"] == 3 and jobs["render_table"] == 3
+    assert jobs["download"] == 3 and jobs["render_table"] == 6
+    assert jobs["download_corruptions"] == 2  # CIFAR-100-C and ImageNet-C
+    assert jobs["evaluate_corruptions"] == 6 * 4  # Tables 4 and 6 share their ImageNet runs
     assert jobs["measure"] == len(config["tables"]["table3"]) * 4 == 44
 
 
@@ -147,7 +149,9 @@ MINI_CONFIG = {
         "table1": [{"experiment": "nin_digits"}],
         "table2": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
         "table3": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
+        "table5": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
     },
+    "corruptions": {"batch_size": 64, "data": {"digits": {"source": "generated", "seed": 1, "images": 20}}},
 }
 
 
@@ -208,6 +212,19 @@ def test_end_to_end_table3_holds_the_measures(mini_run: Path) -> None:
             assert f"{measures['normalized'][name]:.3f}" in line
 
 
+def test_end_to_end_table5_holds_the_corruption_gaps(mini_run: Path) -> None:
+    manifest = json.loads((mini_run / "data" / "digits-c" / "manifest.json").read_text())
+    assert manifest["source"] == "generated" and manifest["images_per_severity"] == 20
+    table5 = (mini_run / "paper_tables" / "table5.tex").read_text()
+    for path in mini_run.glob("results/runs/*/*/*/corruptions.csv"):
+        rows = tables.read_csv(path)
+        assert len(rows) == 75 and all(r["n"] == 20 for r in rows)
+        if "/fp32/" in str(path):
+            fog = [r["gap"] for r in rows if r["corruption"] == "fog"]
+            line = next(x for x in table5.splitlines() if "& Fog &" in x)
+            assert all(f"{gap:.3f}" in line for gap in fog)
+
+
 def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: Path) -> None:
     args = ("--snakefile", str(ROOT / "Snakefile"), "--directory", str(mini_run), "--cores", "1")
     assert "Nothing to be done" in snakemake(*args, "-n", cwd=mini_run).stdout
@@ -221,9 +238,10 @@ def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: 
 @requires_pdflatex
 def test_end_to_end_tables_compile(mini_run: Path, tmp_path: Path) -> None:
     body = "\n".join(
-        (mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2", "table3")
+        (mini_run / "paper_tables" / f"{t}.tex").read_text() for t in ("table1", "table2", "table3", "table5")
     )
-    assert compile_latex(body, tmp_path).read_bytes().startswith(b"%PDF")
+    pdf = compile_latex(body, tmp_path, packages=("longtable", "pdflscape"))
+    assert pdf.read_bytes().startswith(b"%PDF")
 
 
 @pytest.mark.slow
@@ -235,6 +253,7 @@ def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-5000:]
     for name in ("table1", "table2", "table3"):
         assert (clone / "paper_tables" / f"{name}.tex").read_text().count("Digits") == 1
+    assert (clone / "paper_tables" / "table5.tex").read_text().count("& Fog &") == 2  # NiN, ResNet-18
 
 
 def test_conda_env_pins_equal_pyproject() -> None:

@@ -91,6 +91,63 @@ def _list(args: argparse.Namespace) -> None:
     print("\n".join(names))
 
 
+def _download_corruptions(args: argparse.Namespace) -> None:
+    from qgen import data, files
+    from qgen.corruptions.official import prepare_official
+
+    info = data.dataset_info(args.dataset)
+    prepare_official(args.dataset, args.root, num_classes=info.num_classes, download=not args.verify_only)
+    if args.marker:
+        files.write_json(args.marker, {"dataset": args.dataset, "source": "official", "root": str(args.root)})
+    log.info("official corrupted %s is ready under %s", args.dataset, args.root)
+
+
+def _corrupt(args: argparse.Namespace) -> None:
+    from qgen import data, files
+    from qgen.corruptions import generate
+    from qgen.corruptions.layout import layout_for_size
+    from qgen.corruptions.transforms import profile_for_size
+
+    info = data.dataset_info(args.dataset)
+    profile = args.profile or profile_for_size(info.image_size)
+    options = dict(dataset=args.dataset, seed=args.seed, profile=profile, workers=args.workers)
+    where = f"{args.dataset}/{args.split}"
+    if layout_for_size(info.image_size) == "npy":
+        images, labels = data.load_arrays(args.dataset, args.split, root=args.data_root)
+        keep = data.subset_indices(len(labels), args.subset, args.seed, where=where)
+        if keep is not None:
+            images, labels = images[keep], labels[keep]
+        pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
+        record = generate.generate_npy(pixels, labels.numpy(), args.out, **options)
+    else:
+        samples = data.image_files(args.dataset, args.split, root=args.data_root)
+        keep = data.subset_indices(len(samples), args.subset, args.seed, where=where)
+        if keep is not None:
+            samples = [samples[i] for i in keep.tolist()]
+        record = generate.generate_folder(samples, args.out, crop=info.image_size, **options)
+    if args.marker:
+        files.write_json(args.marker, record | {"root": str(args.out)})
+    log.info("wrote -C style %s (%s profile, seed %d) under %s", args.dataset, profile, args.seed, args.out)
+
+
+def _evaluate_corruptions(args: argparse.Namespace) -> None:
+    import torch
+
+    from qgen.corruptions.evaluate import evaluate_corruptions, write_results
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = evaluate_corruptions(
+        args.run_dir,
+        args.root,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+    )
+    write_results(args.out, rows, args.run_dir)
+    log.info("wrote %s (%d rows)", args.out, len(rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgen", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -141,6 +198,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered models or datasets")
     p.add_argument("what", choices=["models", "datasets"])
     p.set_defaults(func=_list)
+
+    p = sub.add_parser(
+        "download-corruptions", help="download and verify official -C data (or check a local copy)"
+    )
+    p.add_argument("dataset", help="cifar10, cifar100 or imagenet")
+    p.add_argument(
+        "--root", type=Path, required=True, help="directory holding <name>.npy or <name>/<severity>/"
+    )
+    p.add_argument("--marker", type=Path, help="file written once the data is verified")
+    p.add_argument("--verify-only", action="store_true", help="never download; only verify what is there")
+    p.set_defaults(func=_download_corruptions)
+
+    p = sub.add_parser("corrupt", help="generate -C style data (15 corruptions x 5 severities) for a dataset")
+    p.add_argument("dataset", help="dataset name (see `qgen list datasets`)")
+    p.add_argument("--data-root", type=Path, required=True, help="the clean dataset's directory")
+    p.add_argument("--out", type=Path, required=True, help="directory to write the corrupted set to")
+    p.add_argument("--split", default="test", help="the clean split to corrupt (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument(
+        "--profile", choices=["cifar", "imagenet"], help="severity constants (default: by image size)"
+    )
+    p.add_argument(
+        "--subset", type=int, help="corrupt a fixed seeded subset of this many images (default: all)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--marker", type=Path, help="file written once the set is complete")
+    p.set_defaults(func=_corrupt)
+
+    p = sub.add_parser(
+        "evaluate-corruptions", help="loss, accuracy and gap of a trained run on every -C split"
+    )
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
+    )
+    p.add_argument("--root", type=Path, required=True, help="the corrupted test set (official or generated)")
+    p.add_argument("--out", type=Path, required=True, help="corruptions.csv to write")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=0, help="JPEG-decoding worker processes (ImageNet-C)")
+    p.set_defaults(func=_evaluate_corruptions)
     return parser
 
 

@@ -597,3 +597,20 @@ def build_loader(
     return dataset.loader(
         Path(root), split, augment=augment, subset=subset, batching=batching, workers=workers
     )
+
+
+def load_arrays(name: str, split: str, *, root: Path) -> tuple[Tensor, Tensor]:
+    """uint8 images ``(N, 3, H, W)`` and int64 labels of a whole split of an array dataset (not ImageNet)."""
+    dataset = _DATASETS.get(name)()
+    if not isinstance(dataset, _ArrayDataset):
+        raise ValueError(f"{name} is a folder dataset; use image_files() to list its images")
+    return dataset.arrays(Path(root), split)
+
+
+def image_files(name: str, split: str, *, root: Path) -> list[tuple[str, str]]:
+    """``(image path, class folder)`` of every image of a split of a folder dataset (ImageNet)."""
+    dataset = _DATASETS.get(name)()
+    if not isinstance(dataset, _ImageNet):
+        raise ValueError(f"{name} is an array dataset; use load_arrays() to read its images")
+    folder = ImageFolder(str(Path(root) / _IMAGENET_DIRS[split]))
+    return [(path, folder.classes[index]) for path, index in folder.samples]

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from qgen import data, files
+from qgen.corruptions import LABELS as CORRUPTION_LABELS
 from qgen.experiments import RunSpec, select_runs
 from qgen.quant import PRECISIONS
 
@@ -30,13 +31,20 @@ TABLE1_METRICS = {
 
 
 def load_results(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
-    """Read result files (``metrics.json``, ``measures.json``); one without the expected keys is an error."""
+    """Read result files (``metrics.json``, ``measures.json``); one without the expected keys is an error.
+
+    A per-run CSV (``corruptions.csv``) is read as ``{"spec", "status", "rows"}``, its spec and status
+    taken from the run's ``metrics.json`` beside it.
+    """
     loaded = []
     for path in paths:
-        metrics = files.read_json(path)
+        per_run_csv = Path(path).suffix == ".csv"
+        metrics = files.read_json(Path(path).with_name("metrics.json") if per_run_csv else path)
         missing = {"spec", "status"} - set(metrics)
         if missing:
             raise ValueError(f"{path}: not a qgen result file (missing {sorted(missing)})")
+        if per_run_csv:
+            metrics = {"spec": metrics["spec"], "status": metrics["status"], "rows": read_csv(path)}
         loaded.append(metrics)
     return loaded
 
@@ -280,6 +288,101 @@ def measures_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def summarize_corruptions(
+    results: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Paper Tables 4-6: one row per model, precision, corruption and severity, from ``corruptions.csv``.
+
+    ``gap`` is the corrupted test loss minus the clean training loss (§4.3, App. C.2).
+    """
+    out = []
+    for row, precision, result in one_run_per_precision(results, rows):
+        record = _row_record(row, precision, result)
+        for cell in result["rows"]:
+            out.append(
+                record
+                | {
+                    "corruption": cell["corruption"],
+                    "severity": cell["severity"],
+                    "n": cell["n"],
+                    "test_loss": cell["loss"],
+                    "test_accuracy": cell["accuracy"],
+                    "train_loss": cell["train_loss"],
+                    "gap": cell["gap"],
+                }
+            )
+    return out
+
+
+# Column order of the corruption tables, as in the paper: the reference first.
+CORRUPTION_TABLE_PRECISIONS = ("fp32", "int8", "int4", "int2")
+
+
+def _gap_mark(value: float | None, reference: float | None) -> str | None:
+    """``"better"`` if a gap is smaller than FP32's, ``"worse"`` if larger, else ``None``."""
+    if value is None or reference is None or value == reference:
+        return None
+    return "better" if value < reference else "worse"
+
+
+def _corruption_cells(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[Any, Any]]:
+    """(dataset, model, corruption) -> {(severity, precision): summary row}, in the records' order."""
+    cells: dict[tuple[str, str, str], dict[Any, Any]] = {}
+    for r in records:
+        cells.setdefault((r["dataset"], r["model"], r["corruption"]), {})[(r["severity"], r["precision"])] = r
+    return cells
+
+
+def _gap_cell(cells: Mapping[Any, Any], severity: int, precision: str) -> dict[str, Any]:
+    row = cells.get((severity, precision))
+    reference = cells.get((severity, "fp32"))
+    value = None if row is None else row["gap"]
+    mark = None if precision == "fp32" else _gap_mark(value, None if reference is None else reference["gap"])
+    accuracy = None if row is None or row["test_accuracy"] is None else 100 * row["test_accuracy"]
+    return {"value": value, "mark": mark, "accuracy": accuracy}
+
+
+def corruption_gaps_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of Tables 4 and 5: a row per model and corruption, columns severity x precision.
+
+    Each gap cell is marked ``better``/``worse`` against the FP32 gap of the same model, corruption and
+    severity, as the paper highlights them.
+    """
+    precisions = [p for p in CORRUPTION_TABLE_PRECISIONS if any(r["precision"] == p for r in records)]
+    severities = sorted({r["severity"] for r in records})
+    rows = []
+    for (dataset, model, corruption), cells in _corruption_cells(records).items():
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "corruption": CORRUPTION_LABELS.get(corruption, corruption),
+                "cells": [_gap_cell(cells, s, p) for s in severities for p in precisions],
+            }
+        )
+    return {"rows": rows, "precisions": precisions, "severities": severities}
+
+
+def corruption_accuracy_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of Table 6: a row per model, corruption and precision; gap, accuracy per severity."""
+    severities = sorted({r["severity"] for r in records})
+    rows = []
+    for (dataset, model, corruption), cells in _corruption_cells(records).items():
+        for precision in CORRUPTION_TABLE_PRECISIONS:
+            if not any(key[1] == precision for key in cells):
+                continue
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": model,
+                    "corruption": CORRUPTION_LABELS.get(corruption, corruption),
+                    "precision": precision,
+                    "cells": [_gap_cell(cells, s, precision) for s in severities],
+                }
+            )
+    return {"rows": rows, "severities": severities}
+
+
 @dataclass(frozen=True)
 class Table:
     """How one paper table is built: metrics -> summary rows, summary rows -> template context."""
@@ -292,6 +395,9 @@ TABLES: dict[str, Table] = {
     "table1": Table(summarize_gaps, gaps_context),
     "table2": Table(summarize_norms, norms_context),
     "table3": Table(summarize_measures, measures_context),
+    "table4": Table(summarize_corruptions, corruption_gaps_context),
+    "table5": Table(summarize_corruptions, corruption_gaps_context),
+    "table6": Table(summarize_corruptions, corruption_accuracy_context),
 }
 
 

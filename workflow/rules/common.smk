@@ -69,6 +69,9 @@ TABLE_INPUT = {
     "table1": "metrics.json",
     "table2": "metrics.json",
     "table3": "measures.json",
+    "table4": "corruptions.csv",
+    "table5": "corruptions.csv",
+    "table6": "corruptions.csv",
 }
 
 
@@ -112,3 +115,52 @@ def paper_tables():
 
 def all_run_metrics():
     return expand("results/runs/{run_id}/metrics.json", run_id=list(RUNS))
+
+
+# Corruption robustness (Tables 4-6): where each dataset's corrupted test set lives and how it is made.
+CORRUPTION_DATA = config.get("corruptions", {}).get("data", {})
+
+
+def corruption_setting(dataset):
+    """The `corruptions.data` entry of a dataset; a table needing one that is not configured is an error."""
+    try:
+        return CORRUPTION_DATA[dataset]
+    except KeyError:
+        raise ValueError(
+            f"config key corruptions.data.{dataset} is missing: say where the corrupted {dataset} test set "
+            f"comes from ({{source: official}} or {{source: generated}})"
+        ) from None
+
+
+def corruption_root(dataset):
+    """The corrupted test set's directory: an explicit `root`, else data/<dataset>-c."""
+    return corruption_setting(dataset).get("root", f"data/{dataset}-c")
+
+
+def corruption_root_of(wildcards):
+    return corruption_root(wildcards.dataset)
+
+
+def corrupted_data_marker(wildcards):
+    """The marker of the run's corrupted test set: official files verified, or a generated set written."""
+    dataset = run_of(wildcards).dataset
+    source = corruption_setting(dataset)["source"]
+    return f"results/data/{dataset}-c.{source}.json"
+
+
+def run_corruption_root(wildcards):
+    return corruption_root(run_of(wildcards).dataset)
+
+
+def corruption_seed(wildcards):
+    return corruption_setting(wildcards.dataset).get("seed", 0)
+
+
+def corruption_subset(wildcards):
+    """`--subset N` when a generated set corrupts only N test images, else nothing."""
+    images = corruption_setting(wildcards.dataset).get("images")
+    return f"--subset {images}" if images else ""
+
+
+def corruption_batch_size(wildcards):
+    return config.get("corruptions", {}).get("batch_size", 500)

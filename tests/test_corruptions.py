@@ -1,0 +1,302 @@
+"""Corruptions: the 15 transforms, seeding, the -C layouts and their reader, generation, and evaluation."""
+
+from __future__ import annotations
+
+import colorsys
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch.nn import functional as F
+
+from qgen import data
+from qgen.corruptions import CORRUPTIONS, GROUPS, SEVERITIES, transforms
+from qgen.corruptions.evaluate import PARTIAL, check_corrupted_root, evaluate_corruptions, split_loader
+from qgen.corruptions.generate import generate_folder, generate_npy
+from qgen.corruptions.layout import folder_problems, read_npy_split
+from qgen.train import build_model
+
+from helpers import tiny_spec, train_tiny
+
+PROFILE_SIZES = {"cifar": 32, "imagenet": 64}
+
+
+def patterned_image(size: int, seed: int = 0) -> np.ndarray:
+    """Coloured blocks on a gradient: edges, flat areas and no saturated channel everywhere."""
+    rng = np.random.default_rng(seed)
+    blocks = np.kron(rng.integers(30, 220, size=(8, 8, 3)), np.ones((size // 8, size // 8, 1)))
+    ramp = np.linspace(-20, 20, size)[:, None, None]
+    return np.clip(blocks + ramp, 0, 255).astype(np.uint8)
+
+
+def distortion(name: str, severity: int, profile: str, images: list[np.ndarray]) -> float:
+    """Mean absolute pixel change over ``images``, every severity with the same random draws."""
+    changes = [
+        np.abs(
+            transforms.corrupt(image, name, severity, np.random.default_rng(i), profile).astype(float) - image
+        ).mean()
+        for i, image in enumerate(images)
+    ]
+    return float(np.mean(changes))
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILE_SIZES))
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_every_severity_returns_a_changed_uint8_image_of_the_same_shape(name: str, profile: str) -> None:
+    image = patterned_image(PROFILE_SIZES[profile])
+    for severity in SEVERITIES:
+        out = transforms.corrupt(image, name, severity, np.random.default_rng(severity), profile)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert not np.array_equal(out, image), f"{name} severity {severity} left the image unchanged"
+
+
+MONOTONE = (*GROUPS["noise"], "defocus_blur", "motion_blur", "zoom_blur", "contrast")
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILE_SIZES))
+@pytest.mark.parametrize("name", MONOTONE)
+def test_distortion_grows_with_severity(name: str, profile: str) -> None:
+    images = [patterned_image(PROFILE_SIZES[profile], seed) for seed in range(3)]
+    sizes = [distortion(name, s, profile, images) for s in SEVERITIES]
+    # Non-decreasing: CIFAR-C's motion blur at severities 3 and 4 differs only in a radius beyond 3 sigma.
+    assert all(a <= b for a, b in itertools.pairwise(sizes)) and sizes[0] < sizes[-1], sizes
+
+
+def test_glass_blur_distortion_grows_with_the_shuffling_passes() -> None:
+    """CIFAR-C's glass blur is not monotone in severity by construction: severities 4 and 5 repeat the
+    sigmas of 2 and 3 with two shuffling passes instead of one, so each must distort more than its twin."""
+    images = [patterned_image(32, seed) for seed in range(3)]
+    sizes = {s: distortion("glass_blur", s, "cifar", images) for s in SEVERITIES}
+    assert sizes[4] > sizes[2] and sizes[5] > sizes[3]
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_same_seed_same_output_and_another_seed_another_for_random_corruptions(name: str) -> None:
+    image = patterned_image(32)
+    first, again, other = (
+        transforms.corrupt(image, name, 3, np.random.default_rng(seed), "cifar") for seed in (7, 7, 8)
+    )
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, other) == (name in transforms.DETERMINISTIC)
+
+
+def test_contrast_and_brightness_match_their_closed_forms() -> None:
+    image = patterned_image(32)
+    x = image / 255.0
+    means = x.mean(axis=(0, 1))
+    expected = np.clip((x - means) * 0.4 + means, 0, 1) * 255
+    out = transforms.corrupt(image, "contrast", 3, np.random.default_rng(0), "cifar")
+    assert np.abs(out.astype(float) - np.floor(expected)).max() <= 1
+    out = transforms.corrupt(image, "brightness", 5, np.random.default_rng(0), "cifar")
+    for y, x_ in [(0, 0), (5, 17), (31, 31), (16, 3)]:
+        h, s, v = colorsys.rgb_to_hsv(*(image[y, x_] / 255.0))
+        reference = np.array(colorsys.hsv_to_rgb(h, s, min(v + 0.3, 1.0))) * 255
+        assert np.abs(out[y, x_] - np.floor(reference)).max() <= 1
+
+
+@pytest.mark.parametrize("factor", [1.01, 1.11, 1.26, 2.25])
+def test_clipped_zoom_matches_scipy_zoom_of_the_centre(factor: float) -> None:
+    """Independent recomputation of the reference's clipped_zoom with scipy.ndimage.zoom(order=1)."""
+    x = patterned_image(32).astype(np.float64) / 255
+    h = x.shape[0]
+    ch = int(np.ceil(h / factor))
+    top = (h - ch) // 2
+    zoomed = ndimage.zoom(x[top : top + ch, top : top + ch], (factor, factor, 1), order=1)
+    trim = (zoomed.shape[0] - h) // 2
+    reference = zoomed[trim : trim + h, trim : trim + h]
+    assert np.allclose(transforms._clipped_zoom(x, factor), reference, atol=1e-6)
+
+
+def test_motion_blur_kernel_preserves_a_constant_image() -> None:
+    flat = np.full((32, 32, 3), 0.4, dtype=np.float32)
+    assert np.allclose(transforms._motion_blur(flat, 9, 2.5, 30.0), 0.4, atol=1e-6)
+
+
+def test_frost_textures_are_fixed_assets() -> None:
+    texture = transforms.frost_texture(2, 64, 96)
+    assert texture.shape == (64, 96, 3) and texture.dtype == np.uint8
+    transforms.frost_texture.cache_clear()
+    assert np.array_equal(transforms.frost_texture(2, 64, 96), texture)
+    assert texture[..., 2].mean() > texture[..., 0].mean()  # tinted blue, as frost photographs are
+
+
+def test_bad_inputs_are_rejected_naming_the_value() -> None:
+    image = patterned_image(32)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="unknown corruption 'rain'"):
+        transforms.corrupt(image, "rain", 1, rng)
+    with pytest.raises(ValueError, match="severity must be one of"):
+        transforms.corrupt(image, "fog", 6, rng)
+    with pytest.raises(ValueError, match=r"expected a uint8 image of shape \(H, W, 3\)"):
+        transforms.corrupt(image[..., 0], "fog", 1, rng)
+    with pytest.raises(ValueError, match="no corruption parameters for 64x64"):
+        transforms.profile_for_size(64)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layouts, loader, generation
+
+
+def write_npy_layout(root: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The CIFAR-C layout by hand: each corruption's file holds severity s as ``images + s`` (mod 256)."""
+    root.mkdir(parents=True, exist_ok=True)
+    stacks = {}
+    for k, name in enumerate(CORRUPTIONS):
+        stacks[name] = np.concatenate([(images + 10 * k + s).astype(np.uint8) for s in SEVERITIES])
+        np.save(root / f"{name}.npy", stacks[name])
+    np.save(root / "labels.npy", np.tile(labels.astype(np.uint8), len(SEVERITIES)))
+    return stacks
+
+
+def digits_test(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data.load_arrays("digits", "test", root=Path("unused"))
+    images = images.permute(0, 2, 3, 1).contiguous().numpy()
+    return images[:n], labels.numpy()[:n]
+
+
+def test_loader_reads_the_official_cifar_layout_in_severity_blocks(tmp_path: Path) -> None:
+    images, labels = digits_test(6)
+    stacks = write_npy_layout(tmp_path, images, labels)
+    split, split_labels = read_npy_split(tmp_path, "fog", 4)
+    assert np.array_equal(split, stacks["fog"][18:24]) and np.array_equal(split_labels, labels)
+    loader = split_loader("digits", tmp_path, "fog", 4, batch_size=4, device=torch.device("cpu"))
+    batches = list(loader)
+    info = data.dataset_info("digits")
+    expected = (torch.from_numpy(stacks["fog"][18:24]).permute(0, 3, 1, 2) / 255 - info.mean[0]) / info.std[0]
+    assert loader.num_samples == 6 and [len(b[1]) for b in batches] == [4, 2]
+    assert torch.allclose(torch.cat([b[0] for b in batches]), expected.float(), atol=1e-6)
+
+
+def test_truncated_or_missing_files_are_errors_naming_the_file(tmp_path: Path) -> None:
+    images, labels = digits_test(4)
+    write_npy_layout(tmp_path, images, labels)
+    check_corrupted_root("digits", tmp_path)
+    raw = (tmp_path / "snow.npy").read_bytes()
+    (tmp_path / "snow.npy").write_bytes(raw[:-100])
+    with pytest.raises(ValueError, match=r"snow\.npy is truncated or corrupt"):
+        read_npy_split(tmp_path, "snow", 1)
+    (tmp_path / "frost.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"frost\.npy is missing"):
+        check_corrupted_root("digits", tmp_path)
+
+
+def test_loader_reads_the_official_imagenet_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ImageNet-C's <name>/<severity>/<wnid>/*.JPEG, with a 4-class ImageNet to keep the test small."""
+    imagenet = data.dataset_info("imagenet")
+    four_classes = data.DatasetInfo("imagenet", "ImageNet", 4, 224, imagenet.mean, imagenet.std)
+    monkeypatch.setattr(data, "dataset_info", lambda name: four_classes)
+    split = tmp_path / "snow" / "3"
+    for i, wnid in enumerate(["n02", "n01", "n04", "n03"]):
+        (split / wnid).mkdir(parents=True)
+        Image.fromarray(np.full((224, 224, 3), 40 * i, np.uint8)).save(split / wnid / "x.JPEG", quality=95)
+    assert folder_problems(tmp_path, 4, ("snow",)) == [
+        f"{tmp_path / 'snow' / str(s)} is missing" for s in (1, 2, 4, 5)
+    ]
+    loader = split_loader("imagenet", tmp_path, "snow", 3, batch_size=8, device=torch.device("cpu"))
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 224, 224) and labels.tolist() == [0, 1, 2, 3]  # sorted wnids
+    pixel = images[:, 0, 100, 100] * imagenet.std[0] + imagenet.mean[0]
+    assert torch.allclose(pixel * 255, torch.tensor([40.0, 0.0, 120.0, 80.0]), atol=2)
+    (split / "n05").mkdir()
+    (split / "n05" / "y.JPEG").write_bytes((split / "n01" / "x.JPEG").read_bytes())
+    with pytest.raises(ValueError, match="holds 5 class folders, expected 4"):
+        split_loader("imagenet", tmp_path, "snow", 3, batch_size=8, device=torch.device("cpu"))
+
+
+def test_generation_is_byte_identical_for_a_seed_whatever_the_workers(tmp_path: Path) -> None:
+    images, labels = digits_test(140)  # two tasks per corruption (CHUNK = 128)
+    names = ("shot_noise", "glass_blur", "pixelate")
+    args = dict(dataset="digits", profile="cifar", corruptions=names)
+    generate_npy(images, labels, tmp_path / "one", seed=3, workers=1, **args)
+    record = generate_npy(images, labels, tmp_path / "two", seed=3, workers=2, **args)
+    generate_npy(images, labels, tmp_path / "other", seed=4, workers=1, **args)
+    for name in names:
+        one, two, other = ((tmp_path / d / f"{name}.npy").read_bytes() for d in ("one", "two", "other"))
+        assert one == two
+        assert (one == other) == (name == "pixelate")
+    stack = np.load(tmp_path / "one" / "pixelate.npy")
+    assert stack.shape == (5 * 140, 32, 32, 3)
+    for s in SEVERITIES:
+        block = stack[(s - 1) * 140 : s * 140]
+        assert np.array_equal(block[7], transforms.corrupt(images[7], "pixelate", s, None, "cifar"))
+    assert np.array_equal(np.load(tmp_path / "one" / "labels.npy"), np.tile(labels, 5))
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest == record and manifest["source"] == "generated" and "-C style" in manifest["note"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        [f"{n}.npy" for n in names] + ["labels.npy", "manifest.json"]
+    )
+
+
+def test_folder_generation_writes_the_imagenet_layout(tmp_path: Path) -> None:
+    files = []
+    for label in ("n01", "n02"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        path = tmp_path / "val" / label / "a.JPEG"
+        Image.fromarray(patterned_image(96)).resize((120, 96)).save(path)
+        files.append((str(path), label))
+    out = tmp_path / "c"
+    generate_folder(
+        files, out, dataset="toy", seed=0, profile="imagenet", crop=64, workers=1, corruptions=("fog",)
+    )
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.JPEG"))
+    assert written == [f"fog/{s}/{label}/a.JPEG" for s in SEVERITIES for label in ("n01", "n02")]
+    assert Image.open(out / "fog" / "5" / "n02" / "a.JPEG").size == (64, 64)
+    assert folder_problems(out, 2, ("fog",)) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tiny_spec(epochs=2), tmp_path_factory.mktemp("tiny"))
+
+
+def independent_loss(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Mean per-sample cross-entropy and accuracy by a plain loop, sharing no code with qgen's evaluation."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from qgen.experiments import RunSpec
+
+    model = build_model(RunSpec.from_dict(metrics["spec"]))
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=False)["state_dict"])
+    model.eval()
+    mean, std = data.dataset_info("digits").mean[0], data.dataset_info("digits").std[0]
+    x = (torch.tensor(images, dtype=torch.float32).permute(0, 3, 1, 2) / 255 - mean) / std
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + 7]) for i in range(0, len(x), 7)])
+    y = torch.tensor(labels, dtype=torch.int64)
+    losses = F.cross_entropy(logits.double(), y, reduction="none")
+    return float(losses.mean()), float((logits.argmax(1) == y).double().mean())
+
+
+def test_gap_is_corrupted_test_loss_minus_clean_train_loss(tiny_run: Path, tmp_path: Path) -> None:
+    images, labels = digits_test(30)
+    stacks = write_npy_layout(tmp_path / "c", images, labels)
+    rows = evaluate_corruptions(tiny_run, tmp_path / "c", batch_size=8, device="cpu")
+    assert [(r.corruption, r.severity) for r in rows] == [(c, s) for c in CORRUPTIONS for s in SEVERITIES]
+    train_loss = json.loads((tiny_run / "metrics.json").read_text())["train"]["loss"]
+    for row in rows[::7]:
+        k = SEVERITIES.index(row.severity)
+        block = stacks[row.corruption][30 * k : 30 * (k + 1)]
+        loss, accuracy = independent_loss(tiny_run, block, labels)
+        assert row.n == 30 and row.train_loss == train_loss
+        assert row.loss == pytest.approx(loss, rel=1e-5) and row.accuracy == pytest.approx(accuracy)
+        assert row.gap == pytest.approx(loss - train_loss, rel=1e-5, abs=1e-6)
+    assert not (tiny_run / PARTIAL).exists() or json.loads((tiny_run / PARTIAL).read_text())["rows"]
+
+
+def test_evaluation_resumes_from_finished_splits(tiny_run: Path, tmp_path: Path) -> None:
+    images, labels = digits_test(10)
+    write_npy_layout(tmp_path / "c", images, labels)
+    done = {"corruption": "fog", "severity": 2, "n": 10, "loss": 123.0, "accuracy": 0.5}
+    (tiny_run / PARTIAL).write_text(json.dumps({"root": str(tmp_path / "c"), "rows": [done]}))
+    rows = evaluate_corruptions(tiny_run, tmp_path / "c", batch_size=8, device="cpu")
+    fog2 = next(r for r in rows if (r.corruption, r.severity) == ("fog", 2))
+    assert fog2.loss == 123.0 and fog2.gap == 123.0 - fog2.train_loss
+    (tiny_run / PARTIAL).unlink()
