@@ -13,6 +13,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measures.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -20,3 +22,5 @@ rule all:
     input:
         paper_tables(),
         all_run_metrics(),
+        paper_figures(),
+        "paper_tables/reproduction.md",
