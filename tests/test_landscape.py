@@ -138,3 +138,13 @@ def test_killed_grid_resumes_after_its_finished_rows(
 def test_bad_settings_are_named(values: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LandscapeSettings.from_dict(values)
+
+
+def test_batched_copies_give_the_same_surface(run_dir: Path) -> None:
+    """A whole row per pass (vmapped copies, the GPU default) equals one point per pass."""
+    spec, model, _, _ = load_run(run_dir)
+    data, _ = training_eval_set(spec, run_dir.parent / "data", 32, 32, torch.device("cpu"))
+    one, acc_one, _ = landscape.evaluate_grid(model, data, LandscapeSettings(points=3, copies_per_pass=1))
+    row, acc_row, _ = landscape.evaluate_grid(model, data, LandscapeSettings(points=3, copies_per_pass=3))
+    np.testing.assert_allclose(row, one, rtol=1e-4)
+    np.testing.assert_array_equal(acc_row, acc_one)

@@ -219,67 +219,55 @@ def _missing(cells: Mapping[tuple[str, str], float], precisions: Sequence[str]) 
     return Verdict(NOT_RUN, f"no {', '.join(absent)} result") if absent else None
 
 
-def _trend(quantity: str, decreasing: bool, name: str) -> Check:
-    """``quantity`` moves one way from FP32 to Int2: monotone step by step and strictly overall."""
+Judge = Callable[[Mapping[str, float]], Verdict]
+
+
+def _per_scope(quantity: str, precisions: Sequence[str], judge: Judge) -> Check:
+    """A check of one value per precision: NOT RUN where one is missing, else ``judge({precision: v})``."""
 
     def check(values: Sequence[Value]) -> dict[str, Verdict]:
-        out = {}
-        for scope, cells in _grouped(values, quantity).items():
-            missing = _missing(cells, ORDER)
-            if missing:
-                out[scope] = missing
-                continue
-            series = [cells[(p, "")] for p in ORDER]
-            steps = [b <= a if decreasing else b >= a for a, b in itertools.pairwise(series)]
-            overall = series[-1] < series[0] if decreasing else series[-1] > series[0]
-            trail = " → ".join(f"{_label(p)} {v:.3f}" for p, v in zip(ORDER, series, strict=True))
-            out[scope] = Verdict(PASS if all(steps) and overall else FAIL, f"{name}: {trail}")
-        return out
+        return {
+            scope: _missing(cells, precisions) or judge({p: cells[(p, "")] for p in precisions})
+            for scope, cells in _grouped(values, quantity).items()
+        }
 
     return check
 
 
-def int2_gap_below_fp32(values: Sequence[Value]) -> dict[str, Verdict]:
-    out = {}
-    for scope, cells in _grouped(values, "gap").items():
-        missing = _missing(cells, ("fp32", "int2"))
-        if missing:
-            out[scope] = missing
-            continue
-        fp32, int2 = cells[("fp32", "")], cells[("int2", "")]
-        out[scope] = Verdict(PASS if int2 < fp32 else FAIL, f"gap: Int2 {int2:.3f} vs FP32 {fp32:.3f}")
-    return out
+def _trail(series: Mapping[str, float], separator: str = ", ") -> str:
+    return separator.join(f"{_label(p)} {v:.3f}" for p, v in series.items())
 
 
-def int8_on_par(values: Sequence[Value]) -> dict[str, Verdict]:
-    out = {}
-    for scope, cells in _grouped(values, "test_acc").items():
-        missing = _missing(cells, ("fp32", "int8"))
-        if missing:
-            out[scope] = missing
-            continue
-        fp32, int8 = cells[("fp32", "")], cells[("int8", "")]
-        gap = abs(int8 - fp32)
-        out[scope] = Verdict(
-            PASS if gap <= INT8_TOLERANCE else FAIL,
-            f"test accuracy: Int8 {int8:.2f}% vs FP32 {fp32:.2f}%, {gap:.2f} points apart "
-            f"(on par: at most {INT8_TOLERANCE:g})",
-        )
-    return out
+def _trend(name: str, decreasing: bool) -> Judge:
+    """The value moves one way from FP32 to Int2: monotone step by step and strictly overall."""
+
+    def judge(series: Mapping[str, float]) -> Verdict:
+        ordered = [series[p] for p in ORDER]
+        steps = [b <= a if decreasing else b >= a for a, b in itertools.pairwise(ordered)]
+        overall = ordered[-1] < ordered[0] if decreasing else ordered[-1] > ordered[0]
+        return Verdict(PASS if all(steps) and overall else FAIL, f"{name}: {_trail(series, ' → ')}")
+
+    return judge
 
 
-def fp32_largest_norm(values: Sequence[Value]) -> dict[str, Verdict]:
-    out = {}
-    for scope, cells in _grouped(values, "weight_norm").items():
-        missing = _missing(cells, ORDER)
-        if missing:
-            out[scope] = missing
-            continue
-        larger = [_label(p) for p in QUANTIZED if cells[(p, "")] >= cells[("fp32", "")]]
-        trail = ", ".join(f"{_label(p)} {cells[(p, '')]:.3f}" for p in ORDER)
-        evidence = trail + (f"; not below FP32: {', '.join(larger)}" if larger else "")
-        out[scope] = Verdict(FAIL if larger else PASS, evidence)
-    return out
+def _int2_gap_below_fp32(gap: Mapping[str, float]) -> Verdict:
+    verdict = PASS if gap["int2"] < gap["fp32"] else FAIL
+    return Verdict(verdict, f"gap: Int2 {gap['int2']:.3f} vs FP32 {gap['fp32']:.3f}")
+
+
+def _int8_on_par(acc: Mapping[str, float]) -> Verdict:
+    apart = abs(acc["int8"] - acc["fp32"])
+    return Verdict(
+        PASS if apart <= INT8_TOLERANCE else FAIL,
+        f"test accuracy: Int8 {acc['int8']:.2f}% vs FP32 {acc['fp32']:.2f}%, {apart:.2f} points apart "
+        f"(on par: at most {INT8_TOLERANCE:g})",
+    )
+
+
+def _fp32_largest_norm(norm: Mapping[str, float]) -> Verdict:
+    larger = [_label(p) for p in QUANTIZED if norm[p] >= norm["fp32"]]
+    evidence = _trail(norm) + (f"; not below FP32: {', '.join(larger)}" if larger else "")
+    return Verdict(FAIL if larger else PASS, evidence)
 
 
 MAGNITUDE_AWARE = tuple(name for name in MEASURES if ".mag." in name)
@@ -365,35 +353,16 @@ def bin_width_grows(values: Sequence[Value]) -> dict[str, Verdict]:
     return out
 
 
-def _rise_trail(cells: Mapping[tuple[str, str], float]) -> str:
-    return ", ".join(f"{_label(p)} {cells[(p, '')]:.3f}" for p in ORDER)
-
-
-def landscape_quantized_flatter(values: Sequence[Value]) -> dict[str, Verdict]:
+def _quantized_flatter(rise: Mapping[str, float]) -> Verdict:
     """Figure 2 / §4.1.1: every quantized surface rises less around its centre than the FP32 one."""
-    out = {}
-    for scope, cells in _grouped(values, "mean_rise").items():
-        missing = _missing(cells, ORDER)
-        if missing:
-            out[scope] = missing
-            continue
-        ok = all(cells[(p, "")] < cells[("fp32", "")] for p in QUANTIZED)
-        out[scope] = Verdict(PASS if ok else FAIL, f"mean loss rise over the grid: {_rise_trail(cells)}")
-    return out
+    ok = all(rise[p] < rise["fp32"] for p in QUANTIZED)
+    return Verdict(PASS if ok else FAIL, f"mean loss rise over the grid: {_trail(rise)}")
 
 
-def landscape_int8_flattest(values: Sequence[Value]) -> dict[str, Verdict]:
+def _int8_flattest(rise: Mapping[str, float]) -> Verdict:
     """Figure 2's caption: Int8 is the flattest, and flatness diminishes from Int8 to Int4 to Int2."""
-    out = {}
-    for scope, cells in _grouped(values, "mean_rise").items():
-        missing = _missing(cells, ORDER)
-        if missing:
-            out[scope] = missing
-            continue
-        rise = {p: cells[(p, "")] for p in ORDER}
-        ok = rise["int8"] == min(rise.values()) and rise["int8"] <= rise["int4"] <= rise["int2"]
-        out[scope] = Verdict(PASS if ok else FAIL, f"mean loss rise over the grid: {_rise_trail(cells)}")
-    return out
+    ok = rise["int8"] == min(rise.values()) and rise["int8"] <= rise["int4"] <= rise["int2"]
+    return Verdict(PASS if ok else FAIL, f"mean loss rise over the grid: {_trail(rise)}")
 
 
 @dataclass(frozen=True)
@@ -413,35 +382,35 @@ CLAIMS: tuple[Claim, ...] = (
         "table1",
         "§4.2, Table 1",
         "The generalization gap shrinks from FP32 to Int2 (never grows as precision drops).",
-        _trend("gap", decreasing=True, name="gap"),
+        _per_scope("gap", ORDER, _trend("gap", decreasing=True)),
     ),
     Claim(
         "int2_gap_below_fp32",
         "table1",
         "Abstract, §4.2, Table 1",
         "Int2 models have a smaller generalization gap than FP32 ones.",
-        int2_gap_below_fp32,
+        _per_scope("gap", ("fp32", "int2"), _int2_gap_below_fp32),
     ),
     Claim(
         "train_loss_grows",
         "table1",
         "§3 (eq. 7), §4.2, Table 1",
         "Lower precision gives a higher training loss (quantization regularizes).",
-        _trend("train_loss", decreasing=False, name="train loss"),
+        _per_scope("train_loss", ORDER, _trend("train loss", decreasing=False)),
     ),
     Claim(
         "int8_on_par",
         "table1",
         "§4.2, Table 1",
         f"Int8 is on par with FP32 (test accuracy within {INT8_TOLERANCE:g} point).",
-        int8_on_par,
+        _per_scope("test_acc", ("fp32", "int8"), _int8_on_par),
     ),
     Claim(
         "fp32_largest_norm",
         "table2",
         "§4.1, Table 2",
         "The FP32 model has a larger weight norm than each quantized one.",
-        fp32_largest_norm,
+        _per_scope("weight_norm", ORDER, _fp32_largest_norm),
     ),
     Claim(
         "magnitude_aware_lowest_quantized",
@@ -476,14 +445,14 @@ CLAIMS: tuple[Claim, ...] = (
         "figure2",
         "§4.1.1, Figure 2",
         "The loss landscape of every quantized model is flatter than the FP32 one.",
-        landscape_quantized_flatter,
+        _per_scope("mean_rise", ORDER, _quantized_flatter),
     ),
     Claim(
         "landscape_int8_flattest",
         "figure2",
         "Figure 2 caption",
         "Int8 has the flattest landscape and flatness diminishes as precision decreases.",
-        landscape_int8_flattest,
+        _per_scope("mean_rise", ORDER, _int8_flattest),
     ),
 )
 
