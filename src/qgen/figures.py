@@ -21,6 +21,7 @@ import torch
 from matplotlib import cm
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from qgen import data, files, quant
 from qgen.experiments import RunSpec
@@ -99,6 +100,7 @@ def plot_step_sizes(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path
                 ax=ax,
             )
             ax.set_yscale("log")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(f"{model} ({dataset})")
             ax.set_xlabel("quantized layer")
             ax.set_ylabel("bin width (learned step $s$)")
