@@ -14,6 +14,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/measures.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/corruptions.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -21,3 +23,5 @@ rule all:
     input:
         paper_tables(),
         all_run_metrics(),
+        paper_figures(),
+        "paper_tables/reproduction.md",

@@ -187,3 +187,16 @@ def test_skipped_layers_are_the_first_and_last_executed(name: str) -> None:
     quant.quantize_model(model, 4)
     assert not parametrize.is_parametrized(defined[0]) and not parametrize.is_parametrized(defined[-1])
     assert len(quant.step_sizes(model)) == len(defined) - 2
+
+
+@pytest.mark.parametrize("name", ["nin", "resnet18_cifar"])
+def test_steps_read_from_a_state_dict_equal_the_models_in_definition_order(name: str) -> None:
+    from qgen.models import create_model
+
+    model = quant.quantize_model(create_model(name, 10), 4)
+    with torch.no_grad():
+        for i, q in enumerate(quant.quantizers(model).values()):
+            q.step.fill_(0.01 * (i + 1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert list(quant.step_sizes_of_state(state).items()) == list(quant.step_sizes(model).items())
+    assert quant.step_sizes_of_state(create_model(name, 10).state_dict()) == {}

@@ -105,8 +105,13 @@ def test_table2_target_plans_only_its_own_runs() -> None:
             lambda c: c | {"experiments": [c["experiments"][0] | {"epochs": 0}]},
             "0 is less than the minimum of 1",
         ),
+        (lambda c: c | {"figures": {"figure2": {"experiment": "x", "grid": 3}}}, "'grid' was unexpected"),
+        (
+            lambda c: c | {"figures": {"figure2": {"experiment": "x", "surface": {"points": 1}}}},
+            "1 is less than the minimum of 2",
+        ),
     ],
-    ids=["top-level-key", "experiment-key", "precision-value", "epochs-value"],
+    ids=["top-level-key", "experiment-key", "precision-value", "epochs-value", "figure-key", "grid-points"],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path: Path, edit, named: str) -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -152,6 +157,8 @@ MINI_CONFIG = {
         "table5": [{"experiment": "nin_digits", "label": "NiN (2x1)", "where": {"width": 1}}],
     },
     "corruptions": {"batch_size": 64, "data": {"digits": {"source": "generated", "seed": 1, "images": 20}}},
+    # Figure 2 (four surface jobs) runs in the slow demo test only, to keep this suite fast.
+    "figures": {"figure1": [{"experiment": "nin_digits", "label": "NiN (2x1)"}]},
 }
 
 
@@ -225,6 +232,32 @@ def test_end_to_end_table5_holds_the_corruption_gaps(mini_run: Path) -> None:
             assert all(f"{gap:.3f}" in line for gap in fog)
 
 
+def test_end_to_end_figure1_and_report(mini_run: Path) -> None:
+    metrics = {
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in mini_run.glob("results/runs/*/*/*/metrics.json")
+    }
+    steps = tables.read_csv(mini_run / "paper_tables" / "figure1.csv")
+    assert {r["precision"] for r in steps} == {"int8", "int4", "int2"}
+    for r in steps:
+        assert r["step_size"] == pytest.approx(metrics[r["precision"]]["step_sizes"][r["layer"]])
+    assert (mini_run / "paper_tables" / "figure1.pdf").read_bytes().startswith(b"%PDF")
+    assert (mini_run / "paper_tables" / "figure1.png").stat().st_size > 10_000
+    md = (mini_run / "paper_tables" / "reproduction.md").read_text()
+    assert "| Digits NiN | **" in md and "Our results without a published counterpart: Digits NiN." in md
+    assert "Figure 2: loss surfaces: not run" in md
+    assert (mini_run / "paper_tables" / "reproduction.html").exists()
+
+
+def test_figures_and_report_targets_plan_their_runs() -> None:
+    targets = ("paper_tables/figure1.pdf", "paper_tables/figure2.pdf", "paper_tables/reproduction.md")
+    proc = snakemake(*targets, "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["landscape"] == 4 and jobs["figure2"] == jobs["figure1"] == jobs["report"] == 1
+    assert jobs["summarize_table"] == 4  # Tables 1-4: those the report compares with the paper
+
+
 def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: Path) -> None:
     args = ("--snakefile", str(ROOT / "Snakefile"), "--directory", str(mini_run), "--cores", "1")
     assert "Nothing to be done" in snakemake(*args, "-n", cwd=mini_run).stdout
@@ -254,6 +287,15 @@ def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
     for name in ("table1", "table2", "table3"):
         assert (clone / "paper_tables" / f"{name}.tex").read_text().count("Digits") == 1
     assert (clone / "paper_tables" / "table5.tex").read_text().count("& Fog &") == 2  # NiN, ResNet-18
+    for name in (
+        "figure1.pdf",
+        "figure1.png",
+        "figure2.pdf",
+        "figure2.png",
+        "reproduction.md",
+        "reproduction.html",
+    ):
+        assert (clone / "paper_tables" / name).stat().st_size > 0
 
 
 def test_conda_env_pins_equal_pyproject() -> None:

@@ -84,6 +84,63 @@ def _render(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.out)
 
 
+def _landscape(args: argparse.Namespace) -> None:
+    import torch
+
+    from qgen.landscape import LandscapeSettings, surface_of_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = LandscapeSettings.from_dict(json.loads(args.settings))
+    surface_of_run(args.run_dir, args.data_root, settings, args.out, device=args.device)
+
+
+def _step_sizes(args: argparse.Namespace) -> None:
+    from qgen import figures, tables
+
+    records = figures.step_size_records(args.metrics, json.loads(args.rows))
+    tables.write_csv(args.out, records)
+    log.info("wrote %s (%d layers)", args.out, len(records))
+
+
+def _figure1(args: argparse.Namespace) -> None:
+    from qgen import figures, tables
+
+    figures.plot_step_sizes(tables.read_csv(args.csv), args.out)
+
+
+def _figure2(args: argparse.Namespace) -> None:
+    from qgen import figures, tables
+    from qgen.landscape import Surface
+
+    surfaces = [Surface.load(path) for path in args.surfaces]
+    records = [figures.surface_record(s, args.label) for s in surfaces]
+    for r in records:
+        log.info("%s: centre loss %.4f, mean rise %.4f", r["run_id"], r["centre_loss"], r["mean_rise"])
+    tables.write_csv(args.csv, records)
+    labels = [tables.PRECISION_LABELS[r["precision"]] for r in records]
+    figures.plot_surfaces(surfaces, labels, args.out, zmax=args.zmax)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from qgen import files, report
+
+    sources: dict[str, list[report.Value] | None] = dict.fromkeys(report.SOURCES)
+    for item in args.results:
+        name, sep, path = item.partition("=")
+        if not sep or name not in sources:
+            raise ValueError(
+                f"--results {item!r}: expected NAME=PATH with NAME one of {list(report.SOURCES)}"
+            )
+        sources[name] = report.read_summary(name, path)
+    cells = [cell for path in args.paper for cell in report.read_paper_table(path)]
+    context = report.build_context(cells, sources, report.read_notes(args.notes))
+    for template, out in zip(args.templates, args.out, strict=True):
+        files.write_text(out, report.render(template, context))
+        log.info("wrote %s", out)
+    log.info("claims on our results: %s", context["counts"])
+
+
 def _list(args: argparse.Namespace) -> None:
     from qgen import data, models
 
@@ -194,6 +251,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", type=Path, required=True, help="jinja2 LaTeX template")
     p.add_argument("--out", type=Path, required=True, help=".tex file to write")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("landscape", help="loss surface of a trained run (paper Figure 2), resumable by rows")
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
+    )
+    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
+    p.add_argument(
+        "--settings", default="{}", help="grid settings as JSON (config.yaml `figures.figure2.surface`)"
+    )
+    p.add_argument("--out", type=Path, required=True, help=".npz file to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=_landscape)
+
+    p = sub.add_parser("step-sizes", help="learned LSQ steps per layer of trained runs (Figure 1's CSV)")
+    p.add_argument("--rows", required=True, help="the figure's rows as JSON (config.yaml `figures.figure1`)")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write")
+    p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files (model.pt is read beside each)")
+    p.set_defaults(func=_step_sizes)
+
+    p = sub.add_parser("figure1", help="draw Figure 1 (bin width per layer) from its CSV")
+    p.add_argument("--csv", type=Path, required=True, help="CSV from `qgen step-sizes`")
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p.set_defaults(func=_figure1)
+
+    p = sub.add_parser("figure2", help="draw Figure 2 (loss surfaces) from .npz surfaces, with its CSV")
+    p.add_argument("--label", required=True, help="model label for the CSV")
+    p.add_argument("--zmax", type=float, help="clip the plotted loss at this value (default: the highest)")
+    p.add_argument("--csv", type=Path, required=True, help="CSV of centre loss and flatness per surface")
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p.add_argument("--surfaces", type=Path, nargs="+", required=True, help=".npz files from `qgen landscape`")
+    p.set_defaults(func=_figure2)
+
+    p = sub.add_parser("report", help="the reproduction report: paper vs reproduced cells, claim checks")
+    p.add_argument("--paper", type=Path, nargs="+", required=True, help="transcribed paper tables (CSV)")
+    p.add_argument("--notes", type=Path, required=True, help="the paper's known inconsistencies (YAML)")
+    p.add_argument(
+        "--results", nargs="*", default=[], help="our results as NAME=CSV (table1..table4, figure1, figure2)"
+    )
+    p.add_argument(
+        "--templates", type=Path, nargs="+", required=True, help="jinja2 templates (.md.j2, .html.j2)"
+    )
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="one output per template")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("list", help="list registered models or datasets")
     p.add_argument("what", choices=["models", "datasets"])

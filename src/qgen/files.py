@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 
@@ -56,3 +57,8 @@ def copy_file(source: Path | str, path: Path | str) -> None:
 
 def save_torch(path: Path | str, obj: Any) -> None:
     _write(path, "wb", lambda fh: torch.save(obj, fh))
+
+
+def save_npz(path: Path | str, **arrays: Any) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` archive (the name of ``path`` is kept as given)."""
+    _write(path, "wb", lambda fh: np.savez(fh, **arrays))

@@ -20,6 +20,7 @@ weight lives at ``module.parametrizations.weight.original`` and the step at
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Final
 
 import torch
@@ -130,6 +131,22 @@ def quantizers(model: nn.Module) -> dict[str, LSQWeightQuantizer]:
 def step_sizes(model: nn.Module) -> dict[str, float]:
     """Layer name -> learned step ``s`` (= quantization bin width, paper Figure 1)."""
     return {name: float(q.step.detach()) for name, q in quantizers(model).items()}
+
+
+STEP_KEY_SUFFIX: Final = ".parametrizations.weight.0.step"
+"""How a quantized layer's step is named in a state dict (``<layer>`` + suffix)."""
+
+
+def step_sizes_of_state(state_dict: Mapping[str, Tensor]) -> dict[str, float]:
+    """Layer name -> learned step, read from a saved state dict without building the model.
+
+    Layers come in state-dict order, which is definition order; equals :func:`step_sizes` of the model.
+    """
+    return {
+        key.removesuffix(STEP_KEY_SUFFIX): float(value)
+        for key, value in state_dict.items()
+        if key.endswith(STEP_KEY_SUFFIX)
+    }
 
 
 def step_parameters(model: nn.Module) -> list[nn.Parameter]:

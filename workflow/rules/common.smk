@@ -2,6 +2,7 @@
 # Only the standard library and qgen.experiments are imported here, so building the DAG never imports torch.
 import json
 import os
+import shlex
 
 from snakemake.utils import validate
 
@@ -89,8 +90,13 @@ def measure_settings(wildcards):
 
 def table_rows(wildcards):
     """The table's rows as JSON, each labelled with the experiment's model label unless it has its own."""
+    return labelled_rows(config["tables"][wildcards.table])
+
+
+def labelled_rows(config_rows):
+    """Rows of a table or figure as JSON: experiment, model label (the experiment's unless given), where."""
     rows = []
-    for row in config["tables"][wildcards.table]:
+    for row in config_rows:
         label = row.get("label", EXPERIMENTS[row["experiment"]]["label"])
         rows.append(
             {
@@ -164,3 +170,103 @@ def corruption_subset(wildcards):
 
 def corruption_batch_size(wildcards):
     return config.get("corruptions", {}).get("batch_size", 500)
+
+
+# Figures (paper Figures 1-2) and the reproduction report.
+FIGURES = config.get("figures", {})
+# The paper tables the report compares with our summaries (those configured in `tables`).
+REPORT_TABLES = ("table1", "table2", "table3", "table4")
+
+
+def repo_path(*parts):
+    """A file shipped with the workflow, found beside the Snakefile whatever the working directory."""
+    return os.path.join(workflow.basedir, *parts)
+
+
+def figure1_runs():
+    """The quantized runs of Figure 1's rows (FP32 has no learned step)."""
+    chosen = []
+    for row in FIGURES["figure1"]:
+        runs = select_runs(RUNS.values(), row["experiment"], row.get("where"))
+        chosen += [run for run in runs if run.precision != "fp32"]
+    return chosen
+
+
+def figure1_inputs(wildcards):
+    run_ids = [run.run_id for run in figure1_runs()]
+    return {
+        "metrics": expand("results/runs/{run_id}/metrics.json", run_id=run_ids),
+        "models": expand("results/runs/{run_id}/model.pt", run_id=run_ids),
+    }
+
+
+def figure1_rows(wildcards):
+    return labelled_rows(FIGURES["figure1"])
+
+
+def figure2_runs():
+    """One run per precision: the grid point of Figure 2's experiment that its `where` picks."""
+    spec = FIGURES["figure2"]
+    runs = select_runs(RUNS.values(), spec["experiment"], spec.get("where"))
+    points = sorted({run.point for run in runs})
+    if len(points) != 1:
+        raise ValueError(
+            f"figures.figure2 matches {len(points)} grid points of {spec['experiment']!r}: {points}; "
+            "narrow its 'where' to one"
+        )
+    return runs
+
+
+def figure2_surfaces(wildcards):
+    return expand(
+        "results/landscape/{run_id}.npz", run_id=[r.run_id for r in figure2_runs()]
+    )
+
+
+def figure2_label(wildcards):
+    spec = FIGURES["figure2"]
+    return spec.get("label", EXPERIMENTS[spec["experiment"]]["label"])
+
+
+def figure2_options(wildcards):
+    zmax = FIGURES["figure2"].get("zmax")
+    return "" if zmax is None else f"--zmax {zmax}"
+
+
+def landscape_settings(wildcards):
+    return json.dumps(FIGURES["figure2"].get("surface", {}))
+
+
+def paper_figures():
+    return expand(
+        "paper_tables/{figure}.{ext}", figure=list(FIGURES), ext=["pdf", "png"]
+    )
+
+
+def report_inputs(wildcards):
+    """The report's inputs: the transcribed paper, its templates, and our configured results."""
+    inputs = {
+        "paper": [
+            repo_path("workflow", "resources", "paper", f"{t}.csv")
+            for t in REPORT_TABLES
+        ],
+        "notes": repo_path("workflow", "resources", "paper", "notes.yaml"),
+        "templates": [
+            repo_path("workflow", "templates", f"reproduction.{ext}.j2")
+            for ext in ("md", "html")
+        ],
+    }
+    for table in REPORT_TABLES:
+        if table in config["tables"]:
+            inputs[table] = f"results/summary/{table}.csv"
+    for figure in FIGURES:
+        inputs[figure] = f"paper_tables/{figure}.csv"
+    return inputs
+
+
+def report_results(wildcards, input):
+    """Our results as NAME=PATH arguments of `qgen report`."""
+    names = [*REPORT_TABLES, *FIGURES]
+    return " ".join(
+        shlex.quote(f"{name}={input[name]}") for name in names if name in input.keys()
+    )

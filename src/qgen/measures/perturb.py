@@ -96,6 +96,25 @@ class PerturbedEvaluator:
         """Training accuracy of each copy ``base + deltas`` (a fraction per copy, shape ``(K,)``)."""
         return sum(counts for counts, _ in self.correct_counts(deltas)) / len(self.data)
 
+    @torch.no_grad()
+    def loss_and_accuracy(self, deltas: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Mean cross-entropy (float64) and accuracy (a fraction) of each copy ``base + deltas``.
+
+        Losses are summed per sample, as in :func:`qgen.train.evaluate`; both tensors have shape ``(K,)``.
+        """
+        params = {name: self.base[name] + deltas[name] for name in self.names}
+        copies = next(iter(deltas.values())).shape[0]
+        device = self.data.labels.device
+        total = torch.zeros(copies, dtype=torch.float64, device=device)
+        correct = torch.zeros(copies, device=device)
+        for images, labels in self.data.batches():
+            logits = self._logits(params, images)
+            targets = labels.expand(copies, -1)
+            total += F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(-1).double()
+            correct += (logits.argmax(-1) == labels).sum(-1)
+            self.images_evaluated += copies * len(labels)
+        return total / len(self.data), correct / len(self.data)
+
     def unperturbed_accuracy(self) -> float:
         zeros = {name: torch.zeros_like(self.base[name]).unsqueeze(0) for name in self.names}
         return float(self.accuracy(zeros)[0])

@@ -74,13 +74,20 @@ def training_eval_set(
     )
     images, labels = (torch.cat(parts) for parts in zip(*loader, strict=True))
     m = len(labels)
-    if subset is not None:
-        if subset > m:
-            raise ValueError(f"eval_subset {subset} exceeds the training-set size {m}")
-        index = torch.randperm(m, generator=torch.Generator().manual_seed(spec.seed))[:subset].sort().values
+    index = eval_subset_index(m, subset, spec.seed)
+    if index is not None:
         images, labels = images[index.to(device)], labels[index.to(device)]
     # channels_last makes CPU convolutions markedly faster; the values are the same to float rounding.
     return EvalSet(images.contiguous(memory_format=torch.channels_last), labels, batch_size), m
+
+
+def eval_subset_index(m: int, subset: int | None, seed: int) -> torch.Tensor | None:
+    """Sorted indices of the fixed ``subset`` of ``m`` training images drawn with ``seed``; ``None``: all."""
+    if subset is None:
+        return None
+    if subset > m:
+        raise ValueError(f"eval_subset {subset} exceeds the training-set size {m}")
+    return torch.randperm(m, generator=torch.Generator().manual_seed(seed))[:subset].sort().values
 
 
 def measure_run(

@@ -1,0 +1,185 @@
+"""Paper figures: Figure 1 (learned LSQ bin width per layer) and Figure 2 (loss surfaces).
+
+As with the tables, each figure is drawn from files only: Figure 1 from the CSV that
+:func:`step_size_records` produces from the trained checkpoints, Figure 2 from the ``.npz`` surfaces of
+:mod:`qgen.landscape` (its CSV of per-surface numbers is written beside it). Plots use matplotlib's
+object API (no pyplot, so no global figure state) with seaborn styles applied as context managers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib import cm
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from qgen import data, files, quant
+from qgen.experiments import RunSpec
+from qgen.landscape import Surface
+from qgen.tables import PRECISION_LABELS, one_run_per_precision
+
+log = logging.getLogger(__name__)
+
+DPI = 200
+PALETTE = "colorblind"
+
+
+def step_size_records(
+    metrics_paths: Sequence[Path], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Figure 1 data: the learned step (bin width) of every quantized layer of each row's runs.
+
+    ``metrics_paths`` are ``metrics.json`` files; each run's steps are read from the ``model.pt`` beside
+    it (:func:`qgen.quant.step_sizes_of_state`). ``rows`` are ``{"experiment", "model", "where"}`` as for
+    tables. FP32 runs have no steps and are skipped; so are diverged runs, with a warning.
+    """
+    metrics = [files.read_json(p) for p in metrics_paths]
+    paths = {
+        RunSpec.from_dict(m["spec"]).run_id: Path(p) for m, p in zip(metrics, metrics_paths, strict=True)
+    }
+    records = []
+    for row, precision, result in one_run_per_precision(metrics, rows):
+        bits = quant.bits_of(precision)
+        if bits is None:
+            continue
+        run_id = RunSpec.from_dict(result["spec"]).run_id
+        if result["status"] != "ok":
+            log.warning("%s: status %r; left out of Figure 1", run_id, result["status"])
+            continue
+        model_path = paths[run_id].parent / "model.pt"
+        state = torch.load(model_path, map_location="cpu", weights_only=False)["state_dict"]
+        steps = quant.step_sizes_of_state(state)
+        if not steps:
+            raise ValueError(f"{model_path}: no LSQ steps in a {precision} checkpoint")
+        for index, (layer, step) in enumerate(steps.items(), 1):
+            records.append(
+                {
+                    "experiment": row["experiment"],
+                    "dataset": data.dataset_info(result["spec"]["dataset"]).label,
+                    "model": row["model"],
+                    "precision": precision,
+                    "bits": bits,
+                    "layer_index": index,
+                    "layer": layer,
+                    "step_size": step,
+                }
+            )
+    return records
+
+
+def plot_step_sizes(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path]) -> None:
+    """Figure 1: one panel per (dataset, model), bin width against layer index, one line per precision."""
+    frame = pd.DataFrame(records)
+    frame["Precision"] = frame["precision"].map(PRECISION_LABELS)
+    panels = list(dict.fromkeys(zip(frame["dataset"], frame["model"], strict=True)))
+    order = [PRECISION_LABELS[p] for p in quant.PRECISIONS if p in set(frame["precision"])]
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (dataset, model) in zip(axes, panels, strict=True):
+            panel = frame[(frame["dataset"] == dataset) & (frame["model"] == model)]
+            sns.lineplot(
+                data=panel,
+                x="layer_index",
+                y="step_size",
+                hue="Precision",
+                hue_order=order,
+                palette=PALETTE,
+                marker="o",
+                markersize=4,
+                ax=ax,
+            )
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{model} ({dataset})")
+            ax.set_xlabel("quantized layer")
+            ax.set_ylabel("bin width (learned step $s$)")
+        _save(fig, outputs)
+
+
+def surface_record(surface: Surface, label: str) -> dict[str, Any]:
+    """Figure 2's numbers of one surface: centre loss, the mean rise of the loss over the grid, etc.
+
+    ``mean_rise`` (mean of ``L(alpha, beta) - L(0, 0)`` over the grid) is our one-number flatness
+    summary of a surface: lower is flatter (docs/decisions.md).
+    """
+    spec = RunSpec.from_dict(json.loads(surface.spec))
+    return {
+        "experiment": spec.experiment,
+        "dataset": data.dataset_info(spec.dataset).label,
+        "model": label,
+        "precision": spec.precision,
+        "run_id": surface.run_id,
+        "points": len(surface.x),
+        "span_min": float(surface.x[0]),
+        "span_max": float(surface.x[-1]),
+        "seed": surface.seed,
+        "images": len(surface.subset),
+        "train_size": surface.train_size,
+        "centre_loss": surface.centre_loss,
+        "centre_accuracy": surface.centre_accuracy,
+        "mean_rise": float(np.mean(surface.loss - surface.centre_loss)),
+        "max_loss": float(np.max(surface.loss)),
+        "cosine": surface.cosine,
+    }
+
+
+def plot_surfaces(
+    surfaces: Sequence[Surface], labels: Sequence[str], outputs: Sequence[Path], zmax: float | None = None
+) -> None:
+    """Figure 2: per surface a 3-D plot (top) and a filled contour plot (bottom).
+
+    All panels share one colour scale and one z-range, from the lowest loss to the highest (or to
+    ``zmax``, above which the surface is clipped for display); each title gives the centre loss.
+    """
+    if not surfaces:
+        raise ValueError("Figure 2 needs at least one surface")
+    low = min(float(s.loss.min()) for s in surfaces)
+    high = max(float(s.loss.max()) for s in surfaces)
+    if zmax is not None:
+        high = min(high, zmax)
+    if not high > low:
+        raise ValueError(f"Figure 2: empty z-range [{low}, {high}]; is zmax below every loss?")
+    norm = Normalize(low, high)
+    levels = np.linspace(low, high, 21)
+    cmap = cm.viridis
+    with sns.axes_style("white"), sns.plotting_context("paper"):
+        fig = Figure(figsize=(3.4 * len(surfaces), 6.4), layout="constrained")
+        for k, (surface, label) in enumerate(zip(surfaces, labels, strict=True)):
+            alpha, beta = np.meshgrid(surface.x, surface.y)
+            z = np.minimum(surface.loss, high)
+            title = f"{label}\ncentre loss {surface.centre_loss:.3f}"
+            ax3d = fig.add_subplot(2, len(surfaces), k + 1, projection="3d")
+            ax3d.plot_surface(alpha, beta, z, cmap=cmap, norm=norm, linewidth=0, antialiased=True)
+            ax3d.set_zlim(low, high)
+            ax3d.set_title(title)
+            ax3d.set_xlabel(r"$\alpha$")
+            ax3d.set_ylabel(r"$\beta$")
+            ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
+            filled = ax.contourf(alpha, beta, z, levels=levels, cmap=cmap, norm=norm)
+            ax.contour(alpha, beta, z, levels=levels, colors="k", linewidths=0.3)
+            ax.plot([0], [0], marker="+", color="w")
+            ax.set_aspect("equal")
+            ax.set_xlabel(r"$\alpha$")
+            ax.set_ylabel(r"$\beta$")
+        fig.colorbar(filled, ax=fig.axes, shrink=0.6, label="training loss")
+        _save(fig, outputs)
+
+
+def _save(fig: Figure, outputs: Sequence[Path]) -> None:
+    """Write ``fig`` to each path, the format following the suffix (``.pdf``, ``.png``), atomically."""
+    for path in outputs:
+        fmt = Path(path).suffix.lstrip(".")
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI)
+        log.info("wrote %s", path)

@@ -1,0 +1,114 @@
+"""Figures: Figure 1's steps read from checkpoints, Figure 2's numbers, and valid PDF/PNG files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pypdf import PdfReader
+
+from qgen import figures, files, quant
+from qgen.landscape import Surface
+from qgen.train import build_model
+
+from helpers import tiny_spec
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (after checking the signature)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def assert_valid_figure(pdf: Path, png: Path, min_width: int) -> None:
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert len(PdfReader(pdf).pages) == 1
+    width, height = png_size(png)
+    assert width >= min_width and height > 100
+
+
+def fake_run(root: Path, precision: str, seed: int) -> Path:
+    """A run directory with an untrained model (its steps are the initial ones) and its metrics.json."""
+    torch.manual_seed(seed)
+    spec = tiny_spec(precision=precision, model_args={"depth": 2, "width": 2})
+    model = build_model(spec)
+    run = root / precision
+    files.save_torch(run / "model.pt", {"spec": spec.to_json(), "epoch": 1, "state_dict": model.state_dict()})
+    files.write_json(run / "metrics.json", {"spec": asdict(spec), "status": "ok"})
+    return run
+
+
+def test_figure1_rows_are_the_checkpoints_steps_in_layer_order(tmp_path: Path) -> None:
+    runs = [fake_run(tmp_path, p, seed) for seed, p in enumerate(("fp32", "int8", "int4", "int2"))]
+    rows = [{"experiment": "nin_digits", "model": "NiN (2x2)", "where": {}}]
+    records = figures.step_size_records([r / "metrics.json" for r in runs], rows)
+    assert {r["precision"] for r in records} == {"int8", "int4", "int2"}  # FP32 has no steps
+    for run in runs[1:]:
+        state = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+        model = build_model(tiny_spec(precision=run.name, model_args={"depth": 2, "width": 2}))
+        model.load_state_dict(state)
+        mine = [(r["layer_index"], r["layer"], r["step_size"]) for r in records if r["precision"] == run.name]
+        expected = list(quant.step_sizes(model).items())
+        assert [(i, layer, step) for i, (layer, step) in enumerate(expected, 1)] == mine
+        assert all(r["bits"] == quant.bits_of(run.name) for r in records if r["precision"] == run.name)
+
+    figures.plot_step_sizes(records, [tmp_path / "f1.pdf", tmp_path / "f1.png"])
+    assert_valid_figure(tmp_path / "f1.pdf", tmp_path / "f1.png", min_width=500)
+
+
+def synthetic_surface(precision: str, curvature: float) -> Surface:
+    x = np.linspace(-1, 1, 5)
+    alpha, beta = np.meshgrid(x, x)
+    loss = 0.1 + curvature * (alpha**2 + beta**2)
+    spec = tiny_spec(precision=precision)
+    return Surface(
+        x=x,
+        y=x,
+        loss=loss,
+        accuracy=np.ones_like(loss),
+        centre_loss=0.1,
+        centre_accuracy=1.0,
+        seed=1,
+        subset=np.arange(10),
+        train_size=400,
+        cosine=0.01,
+        run_id=spec.run_id,
+        spec=spec.to_json(),
+        settings=json.dumps({}),
+    )
+
+
+def test_figure2_numbers_and_files(tmp_path: Path) -> None:
+    surfaces = [
+        synthetic_surface(p, c) for p, c in [("fp32", 3.0), ("int8", 1.0), ("int4", 2.0), ("int2", 4.0)]
+    ]
+    record = figures.surface_record(surfaces[1], "NiN")
+    # The mean of alpha^2 + beta^2 over a square grid is twice the mean of x^2 over one axis.
+    grid = np.linspace(-1, 1, 5) ** 2
+    assert record["mean_rise"] == pytest.approx(2 * grid.mean())
+    assert record | {"mean_rise": 0} == record | {
+        "experiment": "nin_digits",
+        "dataset": "Digits",
+        "model": "NiN",
+        "precision": "int8",
+        "points": 5,
+        "span_min": -1.0,
+        "span_max": 1.0,
+        "images": 10,
+        "centre_loss": 0.1,
+        "max_loss": pytest.approx(2.1),
+        "mean_rise": 0,
+    }
+    outputs = [tmp_path / "f2.pdf", tmp_path / "f2.png"]
+    figures.plot_surfaces(surfaces, ["FP32", "Int8", "Int4", "Int2"], outputs, zmax=5.0)
+    assert_valid_figure(*outputs, min_width=1500)
+    with pytest.raises(ValueError, match="empty z-range"):
+        figures.plot_surfaces(surfaces, ["a", "b", "c", "d"], outputs, zmax=0.05)

@@ -1,0 +1,16 @@
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        md="paper_tables/reproduction.md",
+        html="paper_tables/reproduction.html",
+    log:
+        "logs/report.log",
+    localrule: True
+    conda:
+        "../../envs/qgen.yaml"
+    params:
+        results=report_results,
+    shell:
+        "qgen report --paper {input.paper:q} --notes {input.notes:q} --results {params.results}"
+        " --templates {input.templates:q} --out {output.md:q} {output.html:q} > {log:q} 2>&1"
