@@ -25,19 +25,24 @@ def _train(args: argparse.Namespace) -> None:
     import torch
 
     from qgen.experiments import RunSpec
-    from qgen.train import train
+    from qgen.train import EXIT_STOPPED, Stopped, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = RunSpec.from_dict(json.loads(args.spec))
-    train(
-        spec,
-        data_root=args.data_root,
-        out_dir=args.out,
-        ckpt_dir=args.ckpt_dir,
-        device=args.device,
-        workers=args.workers,
-    )
+    try:
+        train(
+            spec,
+            data_root=args.data_root,
+            out_dir=args.out,
+            ckpt_dir=args.ckpt_dir,
+            device=args.device,
+            workers=args.workers,
+            checkpoint_every_s=60 * args.checkpoint_minutes,
+        )
+    except Stopped as exc:
+        log.warning("%s", exc)
+        sys.exit(EXIT_STOPPED)
 
 
 RUN_OPTIONS = ("weights", "eval_subset", "batch_size", "curvature", "curvature_iters", "curvature_samples")
@@ -111,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        help="also checkpoint inside an epoch this often (default: 5); always after every epoch",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("measure", help="flatness measures (PAC-Bayes, sharpness, curvature) of a trained run")
