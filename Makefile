@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Rules call the `qgen` command, so the venv's bin/ goes first on PATH for everything make runs.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv demo test test-slow bench latex clean
+.PHONY: venv demo test test-slow test-slurm bench latex clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,13 @@ latex:
 
 test: venv latex
 	$(BIN)/python -m pytest
+	$(MAKE) test-slurm
+
+# The workflow through a real one-node SLURM on localhost (installed with apt-get when missing, as root):
+# the cluster is started, `pytest -m slurm` runs, and the cluster is stopped whatever the outcome.
+test-slurm: venv
+	trap 'tests/slurm/stop_cluster.sh' EXIT INT TERM; \
+	  tests/slurm/start_cluster.sh && $(BIN)/python -m pytest -m slurm
 
 test-slow: venv latex
 	$(BIN)/python -m pytest -m slow
