@@ -48,7 +48,8 @@ test-slow: venv latex
 bench: venv
 	$(BIN)/python bench/lsq_overhead.py
 	$(BIN)/python bench/loop_throughput.py
-	$(BIN)/python bench/dag_dryrun.py
+	$(BIN)/python bench/dag_dryrun.py --profile profiles/slurm
+	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/flatness_search.py
 
 clean:

@@ -128,7 +128,9 @@ DATA_PARALLEL_DATASETS = ("imagenet",)
 # A profile may pack small runs: `train_pack_size: N`, `train_pack_models: [nin]` trains N runs
 # concurrently in one job (rule train_pack); each run's outputs are then copied out by rule unpack_run.
 PACKS = (
-    pack_runs(RUNS.values(), config["train_pack_size"], config.get("train_pack_models", []))
+    pack_runs(
+        RUNS.values(), config["train_pack_size"], config.get("train_pack_models", [])
+    )
     if config.get("train_pack_size", 1) > 1
     else {}
 )
