@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ def _train(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if int(os.environ.get("RANK", "0")) > 0:  # data-parallel peers: rank 0 reports the progress
+        logging.getLogger().setLevel(logging.WARNING)
     spec = RunSpec.from_dict(json.loads(args.spec))
     try:
         train(
