@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Rules call the `qgen` command, so the venv's bin/ goes first on PATH for everything make runs.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv demo test test-slow bench latex clean
+.PHONY: venv demo test test-slow test-slurm bench latex clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,15 @@ latex:
 
 test: venv latex
 	$(BIN)/python -m pytest
+	$(MAKE) test-slurm
+
+# The workflow through a real one-node SLURM on localhost (installed with apt-get when missing): the
+# cluster is started, `pytest -m slurm` runs, and the cluster is stopped whatever the outcome. Its daemons
+# run as root, so other users get a notice instead (CI runs as root).
+test-slurm: venv
+	@if [ "$$(id -u)" != 0 ]; then echo "NOT RUN: the SLURM tests start a local cluster, which needs root"; exit 0; fi; \
+	  trap 'tests/slurm/stop_cluster.sh' EXIT INT TERM; \
+	  tests/slurm/start_cluster.sh && $(BIN)/python -m pytest -m slurm
 
 test-slow: venv latex
 	$(BIN)/python -m pytest -m slow
@@ -41,7 +50,8 @@ test-slow: venv latex
 bench: venv
 	$(BIN)/python bench/lsq_overhead.py
 	$(BIN)/python bench/loop_throughput.py
-	$(BIN)/python bench/dag_dryrun.py
+	$(BIN)/python bench/dag_dryrun.py --profile profiles/slurm
+	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/flatness_search.py
 	$(BIN)/python bench/flatness_search.py --search alpha
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -16,8 +16,17 @@ import torch
 from torch.nn import functional as F
 
 from qgen import data, quant
+from qgen.distributed import Replicas
 from qgen.experiments import RunSpec
-from qgen.train import build_model, build_optimizer, train
+from qgen.train import (
+    EXIT_STOPPED,
+    STOP_SIGNALS,
+    Checkpointer,
+    Stopped,
+    build_model,
+    build_optimizer,
+    train,
+)
 
 from helpers import tiny_spec
 
@@ -35,7 +44,7 @@ SPEC = tiny_spec(
 )
 
 
-def cli_train(spec: RunSpec, tmp: Path, name: str) -> subprocess.Popen:
+def cli_train(spec: RunSpec, tmp: Path, name: str, *options: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -51,6 +60,7 @@ def cli_train(spec: RunSpec, tmp: Path, name: str) -> subprocess.Popen:
         str(tmp / name / "ckpt"),
         "--threads",
         "1",
+        *options,
     ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -216,3 +226,106 @@ def test_cli_reports_bad_spec_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "lbfgs" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+# --- timer checkpoints inside an epoch, stop signals
+
+SHORT = dataclasses.replace(SPEC, epochs=3, milestones=[2], n_train=384)  # 6 batches per epoch
+
+
+def saved_progress(state: Path) -> tuple[int, int]:
+    """``(epoch, batch)`` of the last checkpoint: epochs completed and batches into the next one."""
+    try:
+        saved = torch.load(state, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0, 0
+    return saved["epoch"], saved["progress"]["batch"]
+
+
+def assert_same_run(reference: Path, got: Path) -> None:
+    """Equal weights and metrics (up to throughput and wall time) in two run output directories."""
+    ref = torch.load(reference / "model.pt", weights_only=False)["state_dict"]
+    new = torch.load(got / "model.pt", weights_only=False)["state_dict"]
+    assert ref.keys() == new.keys()
+    for key in ref:
+        assert torch.equal(ref[key], new[key]), key
+    ref_metrics = json.loads((reference / "metrics.json").read_text())
+    got_metrics = json.loads((got / "metrics.json").read_text())
+    for metrics in (ref_metrics, got_metrics):
+        metrics.pop("wall_time_s"), metrics.pop("command")
+        for row in metrics["history"]:
+            row.pop("images_per_s")
+    assert got_metrics == ref_metrics
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = cli_train(SHORT, tmp, "reference")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    return tmp / "reference" / "out"
+
+
+def start_and_wait_mid_epoch(tmp: Path) -> tuple[subprocess.Popen, Path]:
+    """A training subprocess checkpointing after every batch, once it is a few batches into epoch 2+."""
+    proc = cli_train(SHORT, tmp, "victim", "--checkpoint-minutes", "0.00001")
+    state = tmp / "victim" / "ckpt" / "state.pt"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        epoch, batch = saved_progress(state)
+        if epoch >= 1 and 2 <= batch <= 3:
+            return proc, state
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError(f"never saw a mid-epoch checkpoint: {proc.communicate()[0]}")
+
+
+def test_run_killed_inside_an_epoch_resumes_to_the_same_result(tmp_path: Path, reference_run: Path) -> None:
+    victim, state = start_and_wait_mid_epoch(tmp_path)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    epoch, batch = saved_progress(state)
+    assert batch > 0, "the kill must land inside an epoch"
+
+    resumed = cli_train(SHORT, tmp_path, "victim")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming after epoch {epoch} of {SHORT.epochs}, batch {batch}" in log
+    assert_same_run(reference_run, tmp_path / "victim" / "out")
+
+
+def test_sigterm_checkpoints_then_exits_for_a_retry(tmp_path: Path, reference_run: Path) -> None:
+    victim, state = start_and_wait_mid_epoch(tmp_path)
+    victim.send_signal(signal.SIGTERM)
+    log = victim.communicate(timeout=60)[0]
+    assert victim.returncode == EXIT_STOPPED, log
+    assert "stopped on SIGTERM after checkpointing" in log and "Traceback" not in log
+    assert not (tmp_path / "victim" / "out" / "metrics.json").exists()
+    epoch, batch = saved_progress(state)
+
+    resumed = cli_train(SHORT, tmp_path, "victim")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming after epoch {epoch} of {SHORT.epochs}, batch {batch}" in log
+    assert_same_run(reference_run, tmp_path / "victim" / "out")
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=[s.name for s in STOP_SIGNALS])
+def test_checkpointer_turns_a_stop_signal_into_a_checkpoint_and_stopped(sig: signal.Signals) -> None:
+    checkpointer = Checkpointer(3600.0, Replicas(), torch.device("cpu"))
+    assert not checkpointer.due()
+    with checkpointer.catching_signals():
+        os.kill(os.getpid(), sig)
+        assert checkpointer.due()
+        with pytest.raises(Stopped, match=f"stopped on {sig.name}"):
+            checkpointer.written()
+    assert signal.getsignal(sig) is not checkpointer._receive
+
+
+def test_checkpointer_is_due_on_its_timer() -> None:
+    checkpointer = Checkpointer(0.05, Replicas(), torch.device("cpu"))
+    assert not checkpointer.due()
+    time.sleep(0.06)
+    assert checkpointer.due()
+    checkpointer.written()
+    assert not checkpointer.due()

@@ -81,7 +81,8 @@ def test_dry_run_of_the_paper_config_plans_every_training_job() -> None:
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    assert jobs["train"] == expected_train_jobs(config) == 1944 + 11 * 4
+    assert jobs["train"] + jobs["train_distributed"] == expected_train_jobs(config) == 1944 + 11 * 4
+    assert jobs["train_distributed"] == 5 * 4  # the ImageNet runs
     assert jobs["download"] == 3 and jobs["render_table"] == 6
     assert jobs["download_corruptions"] == 2  # CIFAR-100-C and ImageNet-C
     assert jobs["evaluate_corruptions"] == 6 * 4  # Tables 4 and 6 share their ImageNet runs
@@ -92,7 +93,11 @@ def test_table2_target_plans_only_its_own_runs() -> None:
     proc = snakemake("paper_tables/table2.tex", "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    assert jobs["train"] == 10 * 4 and jobs["render_table"] == 1 and jobs["summarize_table"] == 1
+    assert (
+        jobs["train"] + jobs["train_distributed"] == 10 * 4
+        and jobs["render_table"] == 1
+        and jobs["summarize_table"] == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -176,6 +181,8 @@ def mini_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "2",
         "--set-threads",
         "train=1",
+        "--config",
+        "allow_training=True",
         cwd=workdir,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,19 +26,50 @@ def _train(args: argparse.Namespace) -> None:
     import torch
 
     from qgen.experiments import RunSpec
-    from qgen.train import train
+    from qgen.train import EXIT_STOPPED, Stopped, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if int(os.environ.get("RANK", "0")) > 0:  # data-parallel peers: rank 0 reports the progress
+        logging.getLogger().setLevel(logging.WARNING)
     spec = RunSpec.from_dict(json.loads(args.spec))
-    train(
-        spec,
+    try:
+        train(
+            spec,
+            data_root=args.data_root,
+            out_dir=args.out,
+            ckpt_dir=args.ckpt_dir,
+            device=args.device,
+            workers=args.workers,
+            checkpoint_every_s=60 * args.checkpoint_minutes,
+        )
+    except Stopped as exc:
+        log.warning("%s", exc)
+        sys.exit(EXIT_STOPPED)
+
+
+def _train_many(args: argparse.Namespace) -> None:
+    from qgen.experiments import RunSpec
+    from qgen.packing import train_many
+
+    specs = [RunSpec.from_dict(spec) for spec in json.loads(args.specs)]
+    status = train_many(
+        specs,
         data_root=args.data_root,
-        out_dir=args.out,
-        ckpt_dir=args.ckpt_dir,
+        ckpt_root=args.ckpt_root,
+        manifest=args.manifest,
         device=args.device,
-        workers=args.workers,
+        threads=args.threads,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
+    if status:
+        sys.exit(status)
+
+
+def _unpack(args: argparse.Namespace) -> None:
+    from qgen.packing import unpack
+
+    unpack(args.manifest, args.run, args.out)
 
 
 RUN_OPTIONS = ("weights", "eval_subset", "batch_size", "curvature", "curvature_iters", "curvature_samples")
@@ -225,7 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        help="also checkpoint inside an epoch this often (default: 5); always after every epoch",
+    )
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-many", help="train a pack of runs concurrently on one device")
+    p.add_argument("--specs", required=True, help="the runs as a JSON list of qgen.experiments.RunSpec")
+    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
+    p.add_argument("--ckpt-root", type=Path, required=True, help="resume state goes to <ckpt-root>/<run id>")
+    p.add_argument("--manifest", type=Path, required=True, help="JSON written once every run has finished")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads shared by the runs (default: 1)")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="see `qgen train`")
+    p.set_defaults(func=_train_many)
+
+    p = sub.add_parser("unpack", help="copy one run's outputs out of a trained pack")
+    p.add_argument("--manifest", type=Path, required=True, help="the pack's manifest (qgen train-many)")
+    p.add_argument("--run", required=True, help="run id <experiment>/<precision>/<point>")
+    p.add_argument("--out", type=Path, required=True, help="directory for model.pt, init.pt, metrics.json")
+    p.set_defaults(func=_unpack)
 
     p = sub.add_parser("measure", help="flatness measures (PAC-Bayes, sharpness, curvature) of a trained run")
     p.add_argument(

@@ -4,13 +4,19 @@ Every dataset registers a factory under its name; :func:`build_loader` turns a n
 :class:`BatchLoader` that yields normalized float32 NCHW images and int64 labels on the requested device.
 
 Two loaders share one contract, that batch order and augmentation are a pure function of
-``(seed, epoch)``, so a training run killed mid-way resumes bit-identically:
+``(seed, epoch)``, so a training run killed mid-way resumes bit-identically, even from inside an epoch
+(``set_epoch(epoch, start=k)`` skips the first ``k`` batches without computing them):
 
 * :class:`ArrayLoader` (CIFAR-10/100, Digits, Fashion-MNIST) keeps a whole split as one uint8 tensor on the
   device and crops, flips and normalizes whole batches with tensor ops, in the manner of airbench;
 * :class:`FolderLoader` (ImageNet) wraps a torchvision ``ImageFolder`` in a ``DataLoader`` whose shuffling
   comes from a seeded generator and whose per-sample transforms are seeded from the sample index, so the
   batches do not depend on the number of workers.
+
+For data-parallel training each process of ``world`` takes the ``rank``-th of ``world`` contiguous
+slices of every global batch (:class:`Batching`), with the augmentation drawn for the global batch: the
+processes together see exactly the batches one process would, which is what ``DistributedSampler``
+provides, but with a global batch size and an order that do not depend on the number of processes.
 
 The splits are :data:`SPLITS`; ImageNet's ``test`` split is its ``val/`` folder, on which the paper reports
 test accuracy.
@@ -65,8 +71,8 @@ class BatchLoader(Protocol):
 
     num_samples: int
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next ``iter()`` reproduces."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose order and augmentation the next ``iter()`` reproduces, from ``start``."""
         ...
 
     def __len__(self) -> int:
@@ -118,12 +124,17 @@ def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: 
     return padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def draw_crop_flip(n: int, generator: torch.Generator, padding: int = _CROP_PADDING) -> Tensor:
+    """The random draws of :func:`random_crop_flip` for ``n`` images: rows ``top``, ``left``, ``flip``."""
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.cat([offsets, flip[None].long()])
+
+
 def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = _CROP_PADDING) -> Tensor:
     """Random crop with zero padding and a horizontal flip with p=0.5, drawn per image from ``generator``."""
-    n = images.shape[0]
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    return crop_flip(images, offsets[0], offsets[1], flip, padding)
+    draws = draw_crop_flip(images.shape[0], generator, padding).to(images.device)
+    return crop_flip(images, draws[0], draws[1], draws[2].bool(), padding)
 
 
 def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -148,19 +159,35 @@ def zero_padded_stats(mean: float, std: float, kept: float) -> tuple[float, floa
 
 @dataclass(frozen=True)
 class Batching:
-    """How a split is cut into batches, and where they go."""
+    """How a split is cut into batches, and where they go.
+
+    ``batch_size`` is the global batch; process ``rank`` of ``world`` receives its ``rank``-th contiguous
+    slice (``batch_size / world`` items of a full batch).
+    """
 
     batch_size: int
     shuffle: bool
     seed: int
     drop_last: bool
     device: torch.device
+    rank: int = 0
+    world: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank must be in 0..world-1, got rank {self.rank} of world {self.world}")
+        if self.batch_size % self.world:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by the {self.world} data-parallel processes"
+            )
+
+    def shard(self, items: Tensor) -> Tensor:
+        """This process's slice of a global batch's ``items`` (first dimension); all of it when alone."""
+        return items if self.world == 1 else items.tensor_split(self.world)[self.rank]
 
 
 class _EpochLoader(ABC):
@@ -170,11 +197,14 @@ class _EpochLoader(ABC):
         self.num_samples = num_samples
         self.batching = batching
         self._epoch = 0
+        self._start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = epoch
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start batch must be in 0..{len(self)}, got {start}")
+        self._epoch, self._start = epoch, start
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batching.batch_size)
@@ -182,6 +212,12 @@ class _EpochLoader(ABC):
 
     def _epoch_seed(self) -> int:
         return _mix_seed(self.batching.seed, self._epoch)
+
+    def _order(self, generator: torch.Generator) -> Tensor:
+        """The epoch's sample order: a permutation drawn from ``generator`` when shuffling."""
+        if self.batching.shuffle:
+            return torch.randperm(self.num_samples, generator=generator)
+        return torch.arange(self.num_samples)
 
     @abstractmethod
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
@@ -215,17 +251,19 @@ class ArrayLoader(_EpochLoader):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(self._epoch_seed())
-        if self.batching.shuffle:
-            order = torch.randperm(self.num_samples, generator=generator)
-        else:
-            order = torch.arange(self.num_samples)
-        order = order.to(self.batching.device)
-        size = self.batching.batch_size
-        for start in range(0, len(self) * size, size):
-            index = order[start : start + size]
+        batching = self.batching
+        order = self._order(generator).to(batching.device)
+        size = batching.batch_size
+        for i, start in enumerate(range(0, len(self) * size, size)):
+            index = batching.shard(order[start : start + size])
+            # Skipped batches still draw their augmentation, so the generator reaches later batches intact.
+            draws = draw_crop_flip(min(size, self.num_samples - start), generator) if self.augment else None
+            if i < self._start or len(index) == 0:
+                continue
             images = self.images[index]
-            if self.augment:
-                images = random_crop_flip(images, generator)
+            if draws is not None:
+                draws = batching.shard(draws.T).T.to(batching.device)
+                images = crop_flip(images, draws[0], draws[1], draws[2].bool(), _CROP_PADDING)
             yield normalize(images, self._mean, self._std), self.labels[index]
 
 
@@ -267,16 +305,19 @@ class FolderLoader(_EpochLoader):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch_seed = self._epoch_seed()
-        device = self.batching.device
+        batching = self.batching
+        order = self._order(torch.Generator().manual_seed(epoch_seed))
+        size = batching.batch_size
+        batches = [
+            batching.shard(order[start : start + size]).tolist() for start in range(0, len(self) * size, size)
+        ]
         loader = DataLoader(
             _SeededSamples(self.samples, epoch_seed),
-            batch_size=self.batching.batch_size,
-            shuffle=self.batching.shuffle,
-            drop_last=self.batching.drop_last,
+            batch_sampler=[batch for batch in batches[self._start :] if batch],
             num_workers=self.workers,
-            generator=torch.Generator().manual_seed(epoch_seed),
-            pin_memory=device.type == "cuda",
+            pin_memory=batching.device.type == "cuda",
         )
+        device = batching.device
         for images, labels in loader:
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
@@ -584,16 +625,19 @@ def build_loader(
     device: torch.device | str = "cpu",
     drop_last: bool = False,
     workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> BatchLoader:
     """A loader over ``split`` of dataset ``name`` stored under ``root``.
 
     ``subset`` keeps a fixed sample of that many items drawn with ``seed`` (the same for every epoch);
-    ``workers`` is the number of decoding processes, used by folder datasets (ImageNet) only.
+    ``workers`` is the number of decoding processes, used by folder datasets (ImageNet) only;
+    ``rank`` of ``world`` selects this process's slice of every batch for data-parallel training.
     """
     dataset = _DATASETS.get(name)()
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {name}; expected one of {', '.join(SPLITS)}")
-    batching = Batching(batch_size, shuffle, seed, drop_last, torch.device(device))
+    batching = Batching(batch_size, shuffle, seed, drop_last, torch.device(device), rank, world)
     return dataset.loader(
         Path(root), split, augment=augment, subset=subset, batching=batching, workers=workers
     )

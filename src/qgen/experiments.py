@@ -160,3 +160,24 @@ def select_runs(
     if not chosen:
         raise ValueError(f"no run of experiment {experiment!r} matches {where}")
     return chosen
+
+
+def pack_runs(runs: Iterable[RunSpec], size: int, models: Iterable[str]) -> dict[str, list[RunSpec]]:
+    """Packs of at most ``size`` runs of the same experiment, for experiments of the given ``models``.
+
+    A pack is trained in one GPU allocation, its runs concurrently (``qgen train-many``). Packs are named
+    ``<experiment>/pack<size>-<index>`` and filled in run order, so a pack's members depend only on the
+    config and ``size``. Runs of other models are not packed.
+    """
+    if size < 1:
+        raise ValueError(f"train_pack size must be >= 1, got {size}")
+    packable = set(models)
+    by_experiment: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        if run.model in packable:
+            by_experiment.setdefault(run.experiment, []).append(run)
+    packs = {}
+    for experiment, members in by_experiment.items():
+        for index, start in enumerate(range(0, len(members), size)):
+            packs[f"{experiment}/pack{size}-{index:04d}"] = members[start : start + size]
+    return packs

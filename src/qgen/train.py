@@ -2,9 +2,17 @@
 
 Outputs (``out_dir``): ``model.pt`` (the selected weights), ``init.pt`` (the weights before the first
 step, needed by the flatness measures) and ``metrics.json`` (written last; its presence marks a finished
-run). Resume state lives in ``ckpt_dir`` and is rewritten atomically after every epoch, so a job killed at
-any point restarts from its last completed epoch and ends with the same weights as an uninterrupted run
-(data order and augmentation are a function of ``(seed, epoch)`` only).
+run). Resume state lives in ``ckpt_dir`` (``state.pt``) and is rewritten atomically after every epoch,
+every ``checkpoint_every_s`` seconds inside an epoch (at a batch boundary, with the batch index and the
+epoch's running sums), and at once when SIGTERM or SIGUSR1 arrives (SLURM's preemption and time-limit
+warnings), after which training stops with :class:`Stopped`. A job killed at any point (SIGKILL, node
+loss) restarts from its last checkpoint and ends with the same weights and metrics as an uninterrupted
+run: data order and augmentation are a function of ``(seed, epoch)`` only, and the loaders skip the
+batches an interrupted epoch had already trained on.
+
+Under ``torchrun`` the run is data-parallel (:mod:`qgen.distributed`): every process trains on its slice
+of each global batch, only rank 0 writes, and the checkpoint holds the global state, so a run may resume
+with another number of processes.
 """
 
 from __future__ import annotations
@@ -12,9 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,8 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from qgen import data, files, models, quant
+from qgen.distributed import Replicas
 from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.norms import weight_norm
 
@@ -32,6 +46,13 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SELECTION = ("epoch_loss", "train_loss")
 PROGRESS_EVERY_S = 30.0
+CHECKPOINT_EVERY_S = 300.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_STOPPED = 75  # EX_TEMPFAIL: the job did not fail, it should be run again (Snakemake retries it)
+
+
+class Stopped(Exception):
+    """Training stopped on a signal after writing its checkpoint; the same command resumes it."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +99,11 @@ def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: data.BatchLoader) -> Evaluation:
+def evaluate(model: nn.Module, loader: data.BatchLoader, replicas: Replicas | None = None) -> Evaluation:
     """Eval-mode loss and accuracy with summed per-sample losses (not a mean of batch means).
 
-    Sums stay on the model's device until the end, so no batch waits on the host.
+    Sums stay on the model's device until the end, so no batch waits on the host. With ``replicas``, each
+    process evaluates its shard of ``loader`` and the sums are added over processes.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -91,25 +113,95 @@ def evaluate(model: nn.Module, loader: data.BatchLoader) -> Evaluation:
         logits = model(images)
         total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
+    if replicas is not None and replicas.parallel:
+        sums = replicas.sum(torch.stack([total_loss, correct.double()]))
+        total_loss, correct = sums[0], sums[1].long()
     return Evaluation(float(total_loss) / loader.num_samples, int(correct) / loader.num_samples)
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches trained, and the sums of loss, correct and images over them."""
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+
+class Checkpointer:
+    """Decides at batch boundaries when to write the resume state, and writes it through ``save``.
+
+    A checkpoint is due every ``every_s`` seconds and as soon as one of :data:`STOP_SIGNALS` arrived;
+    after a signal's checkpoint training stops with :class:`Stopped`. Data-parallel processes agree on
+    both decisions, so all of them reach the same batch.
+    """
+
+    def __init__(self, every_s: float, replicas: Replicas, device: torch.device) -> None:
+        if every_s <= 0:
+            raise ValueError(f"checkpoint interval must be > 0 seconds, got {every_s}")
+        self.every_s, self.replicas, self.device = every_s, replicas, device
+        self.last = time.monotonic()
+        self.received: int | None = None
+
+    @contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """Record :data:`STOP_SIGNALS` instead of dying of them, for the duration of the block."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _receive(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def due(self) -> bool:
+        local = self.received is not None or time.monotonic() - self.last >= self.every_s
+        return self.replicas.any(local, self.device)
+
+    def written(self) -> None:
+        """Note a checkpoint just written; raise :class:`Stopped` if a stop signal asked for it."""
+        self.last = time.monotonic()
+        if self.replicas.any(self.received is not None, self.device):
+            name = signal.Signals(self.received).name if self.received is not None else "a peer's signal"
+            raise Stopped(f"stopped on {name} after checkpointing; rerun the same command to resume")
+
+
 def train_epoch(
-    model: nn.Module, loader: data.BatchLoader, optimizer: torch.optim.Optimizer, epoch: int
+    model: nn.Module,
+    loader: data.BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    *,
+    progress: EpochProgress | None = None,
+    checkpoint: tuple[Checkpointer, Callable[[EpochProgress], None]] | None = None,
+    replicas: Replicas | None = None,
 ) -> tuple[Evaluation, float]:
     """One pass of mini-batch training; returns the running loss/accuracy and images per second.
 
     The loss is accumulated on the device and checked once per epoch, so no step waits on the host.
+    ``progress`` resumes an epoch after its first ``progress.batch`` batches; ``checkpoint`` is a
+    :class:`Checkpointer` and the function writing the state with the epoch's progress when it is due.
+    With ``replicas``, sums and progress are over all data-parallel processes.
     """
+    replicas = replicas or Replicas()
+    progress = progress or EpochProgress()
     model.train()
-    loader.set_epoch(epoch)
+    loader.set_epoch(epoch, start=progress.batch)
     device = next(model.parameters()).device
     steps = quant.step_parameters(model)
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    # The resumed sums enter once, on rank 0, so that adding over processes counts them once.
+    resumed = progress if replicas.writer else EpochProgress()
+    total_loss = torch.tensor(resumed.loss_sum, device=device)
+    correct = torch.tensor(resumed.correct, device=device, dtype=torch.int64)
+    seen = resumed.seen
     start = last_report = time.perf_counter()
-    for i, (images, labels) in enumerate(loader, 1):
+    for i, (images, labels) in enumerate(loader, progress.batch + 1):
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -122,8 +214,23 @@ def train_epoch(
         if time.perf_counter() - last_report > PROGRESS_EVERY_S:
             last_report = time.perf_counter()
             log.info("epoch %d: batch %d/%d, %.0f img/s", epoch, i, len(loader), seen / (last_report - start))
-    images_per_s = seen / max(time.perf_counter() - start, 1e-9)
-    return Evaluation(float(total_loss) / max(seen, 1), int(correct) / max(seen, 1)), images_per_s
+        if checkpoint is not None and checkpoint[0].due():
+            checkpoint[1](_progress(i, total_loss, correct, seen, replicas))
+    images_per_s = (seen - resumed.seen) / max(time.perf_counter() - start, 1e-9)
+    done = _progress(len(loader), total_loss, correct, seen, replicas)
+    return Evaluation(done.loss_sum / max(done.seen, 1), done.correct / max(done.seen, 1)), images_per_s
+
+
+def _progress(
+    batch: int, total_loss: Tensor, correct: Tensor, seen: int, replicas: Replicas
+) -> EpochProgress:
+    """The epoch's progress with its sums added over data-parallel processes (one host sync)."""
+    if not replicas.parallel:
+        return EpochProgress(batch, float(total_loss), int(correct), seen)
+    sums = replicas.sum(
+        torch.stack([total_loss.double(), correct.double(), total_loss.new_tensor(seen).double()])
+    )
+    return EpochProgress(batch, float(sums[0]), int(sums[1]), int(sums[2]))
 
 
 @dataclass
@@ -141,6 +248,7 @@ class TrainState:
     elapsed_s: float
     diverged_at: int | None
     spec: str
+    progress: dict[str, Any] = field(default_factory=lambda: asdict(EpochProgress()))
 
     @classmethod
     def fresh(cls, model: nn.Module, spec: RunSpec) -> TrainState:
@@ -190,13 +298,44 @@ def train(
     ckpt_dir: Path,
     device: str = "auto",
     workers: int = 0,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> dict[str, Any]:
-    """Train ``spec`` to completion (resuming from ``ckpt_dir`` if possible) and write the outputs."""
+    """Train ``spec`` to completion (resuming from ``ckpt_dir`` if possible) and write the outputs.
+
+    Data-parallel when started by ``torchrun`` (:class:`qgen.distributed.Replicas`). Raises
+    :class:`Stopped` after checkpointing when SIGTERM or SIGUSR1 arrives.
+    """
     if spec.select_by not in SELECTION:
         raise ValueError(f"select_by must be one of {SELECTION}, got {spec.select_by!r}")
-    dev = resolve_device(device)
+    replicas = Replicas.from_env()
+    dev = replicas.device(resolve_device(device))
+    replicas.start(dev)
+    try:
+        return _train(
+            spec, data_root, out_dir, ckpt_dir, dev, workers, Checkpointer(checkpoint_every_s, replicas, dev)
+        )
+    finally:
+        replicas.stop()
+
+
+def _train(
+    spec: RunSpec,
+    data_root: Path,
+    out_dir: Path,
+    ckpt_dir: Path,
+    dev: torch.device,
+    workers: int,
+    checkpointer: Checkpointer,
+) -> dict[str, Any]:
+    replicas = checkpointer.replicas
     loader_args = dict(
-        root=data_root, batch_size=spec.batch_size, seed=spec.seed, device=dev, workers=workers
+        root=data_root,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        device=dev,
+        workers=workers,
+        rank=replicas.rank,
+        world=replicas.world,
     )
     train_loader = data.build_loader(
         spec.dataset, "train", augment=True, shuffle=True, drop_last=True, subset=spec.n_train, **loader_args
@@ -212,9 +351,12 @@ def train(
     model = build_model(spec).to(dev)
     optimizer = build_optimizer(model, spec)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
+    stepped: nn.Module = model
+    if replicas.parallel:
+        stepped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     init_path, state_path = ckpt_dir / "init.pt", ckpt_dir / "state.pt"
-    if not init_path.exists():
+    if replicas.writer and not init_path.exists():
         files.save_torch(init_path, {"spec": spec.to_json(), "state_dict": model.state_dict()})
     state = _load_state(state_path, spec)
     if state is None:
@@ -223,59 +365,90 @@ def train(
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
-        log.info("%s: resuming after epoch %d of %d", spec.run_id, state.epoch, spec.epochs)
+        log.info(
+            "%s: resuming after epoch %d of %d, batch %d",
+            spec.run_id,
+            state.epoch,
+            spec.epochs,
+            state.progress["batch"],
+        )
 
     log.info(
-        "%s: training on %s, %d train / %d test images",
+        "%s: training on %s%s, %d train / %d test images",
         spec.run_id,
         dev,
+        f" ({replicas.world} data-parallel processes)" if replicas.parallel else "",
         train_eval_loader.num_samples,
         test_loader.num_samples,
     )
-    while state.epoch < spec.epochs and state.diverged_at is None:
-        epoch = state.epoch + 1
-        started = time.perf_counter()
-        running, images_per_s = train_epoch(model, train_loader, optimizer, epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if not math.isfinite(running.loss):
-            state.diverged_at = epoch
-            log.warning(
-                "%s: loss became non-finite in epoch %d; stopping (status: diverged)", spec.run_id, epoch
-            )
-        else:
-            loss = running.loss if spec.select_by == "epoch_loss" else evaluate(model, train_eval_loader).loss
-            if loss < state.best_loss:
-                state.best_epoch, state.best_loss, state.best_model = epoch, loss, _clone(model.state_dict())
-            state.history.append(
-                {
-                    "epoch": epoch,
-                    "loss": running.loss,
-                    "accuracy": running.accuracy,
-                    "lr": lr,
-                    "images_per_s": images_per_s,
-                }
-            )
-            log.info(
-                "epoch %d/%d  loss %.4f  acc %.2f%%  lr %.3g  %.0f img/s",
-                epoch,
-                spec.epochs,
-                running.loss,
-                100 * running.accuracy,
-                lr,
-                images_per_s,
-            )
-        state.epoch = epoch
-        state.elapsed_s += time.perf_counter() - started
+    segment_start, elapsed_before = time.perf_counter(), state.elapsed_s
+
+    def save(progress: EpochProgress) -> None:
+        state.progress = asdict(progress)
+        state.elapsed_s = elapsed_before + time.perf_counter() - segment_start
         state.model, state.optimizer, state.scheduler = (
             model.state_dict(),
             optimizer.state_dict(),
             scheduler.state_dict(),
         )
-        # vars(), not asdict(): asdict deep-copies every tensor and rebuilds the scheduler's Counter wrongly.
-        files.save_torch(state_path, vars(state))
+        if replicas.writer:
+            # vars(), not asdict(): asdict deep-copies tensors and rebuilds the scheduler's Counter wrongly.
+            files.save_torch(state_path, vars(state))
+        checkpointer.written()
 
-    return _finish(spec, state, model, init_path, train_eval_loader, test_loader, out_dir, dev)
+    with checkpointer.catching_signals():
+        while state.epoch < spec.epochs and state.diverged_at is None:
+            epoch = state.epoch + 1
+            running, images_per_s = train_epoch(
+                stepped,
+                train_loader,
+                optimizer,
+                epoch,
+                progress=EpochProgress(**state.progress),
+                checkpoint=(checkpointer, save),
+                replicas=replicas,
+            )
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            if not math.isfinite(running.loss):
+                state.diverged_at = epoch
+                log.warning(
+                    "%s: loss became non-finite in epoch %d; stopping (status: diverged)", spec.run_id, epoch
+                )
+            else:
+                loss = (
+                    running.loss
+                    if spec.select_by == "epoch_loss"
+                    else evaluate(model, train_eval_loader, replicas).loss
+                )
+                if loss < state.best_loss:
+                    state.best_epoch, state.best_loss, state.best_model = (
+                        epoch,
+                        loss,
+                        _clone(model.state_dict()),
+                    )
+                state.history.append(
+                    {
+                        "epoch": epoch,
+                        "loss": running.loss,
+                        "accuracy": running.accuracy,
+                        "lr": lr,
+                        "images_per_s": images_per_s,
+                    }
+                )
+                log.info(
+                    "epoch %d/%d  loss %.4f  acc %.2f%%  lr %.3g  %.0f img/s",
+                    epoch,
+                    spec.epochs,
+                    running.loss,
+                    100 * running.accuracy,
+                    lr,
+                    images_per_s,
+                )
+            state.epoch = epoch
+            save(EpochProgress())
+
+    return _finish(spec, state, model, init_path, train_eval_loader, test_loader, out_dir, dev, replicas)
 
 
 def _finish(
@@ -287,8 +460,9 @@ def _finish(
     test_loader: data.BatchLoader,
     out_dir: Path,
     dev: torch.device,
+    replicas: Replicas,
 ) -> dict[str, Any]:
-    """Evaluate the selected epoch and write ``model.pt``, ``init.pt`` and finally ``metrics.json``."""
+    """Evaluate the selected epoch; rank 0 writes ``model.pt``, ``init.pt`` and finally ``metrics.json``."""
     model.load_state_dict(state.best_model)
     metrics: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
@@ -301,11 +475,13 @@ def _finish(
         "history": state.history,
         "wall_time_s": state.elapsed_s,
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "processes": replicas.world,
         "versions": versions(),
         "command": " ".join(sys.argv),
     }
     if state.diverged_at is None:
-        train_eval, test_eval = evaluate(model, train_eval_loader), evaluate(model, test_loader)
+        train_eval = evaluate(model, train_eval_loader, replicas)
+        test_eval = evaluate(model, test_loader, replicas)
         metrics |= {
             "train": asdict(train_eval),
             "test": asdict(test_eval),
@@ -322,6 +498,8 @@ def _finish(
             test_eval.loss,
             100 * test_eval.accuracy,
         )
+    if not replicas.writer:
+        return metrics
     files.save_torch(
         out_dir / "model.pt",
         {"spec": spec.to_json(), "epoch": state.best_epoch, "state_dict": model.state_dict()},

@@ -7,6 +7,8 @@ rule train:
         metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
     log:
         "logs/train/{experiment}/{precision}/{point}.log",
+    wildcard_constraints:
+        experiment=SINGLE_EXPERIMENTS,
     conda:
         "../../envs/qgen.yaml"
     threads: 1
@@ -20,3 +22,75 @@ rule train:
         "qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
         " --out {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
         " --threads {threads} >> {log:q} 2>&1"
+
+
+# ImageNet: one process per requested GPU (resources.gpu, set by the profile), DDP over them.
+rule train_distributed:
+    input:
+        data=train_data_marker,
+    output:
+        model="results/runs/{experiment}/{precision}/{point}/model.pt",
+        init="results/runs/{experiment}/{precision}/{point}/init.pt",
+        metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
+    log:
+        "logs/train/{experiment}/{precision}/{point}.log",
+    wildcard_constraints:
+        experiment=DISTRIBUTED_EXPERIMENTS,
+    conda:
+        "../../envs/qgen.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        spec=train_spec,
+        data_root=train_data_root,
+        out_dir=run_dir,
+        ckpt_dir="results/checkpoints/{experiment}/{precision}/{point}",
+        code_version=config["code_version"],
+    shell:
+        "torchrun --standalone --nproc-per-node {resources.gpu} --no-python"
+        " qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
+        " --out {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
+        " --workers {threads} >> {log:q} 2>&1"
+
+
+# Small runs packed N to a job (profile: `config: train_pack`), trained concurrently on one device.
+rule train_pack:
+    input:
+        data=pack_data_marker,
+    output:
+        "results/packs/{experiment}/{pack}.json",
+    log:
+        "logs/train_pack/{experiment}/{pack}.log",
+    conda:
+        "../../envs/qgen.yaml"
+    threads: 1
+    params:
+        specs=pack_specs,
+        data_root=pack_data_root,
+        code_version=config["code_version"],
+    shell:
+        "qgen train-many --specs {params.specs:q} --data-root {params.data_root:q}"
+        " --ckpt-root results/checkpoints --manifest {output:q}"
+        " --threads {threads} >> {log:q} 2>&1"
+
+
+rule unpack_run:
+    input:
+        pack_manifest,
+    output:
+        model="results/runs/{experiment}/{precision}/{point}/model.pt",
+        init="results/runs/{experiment}/{precision}/{point}/init.pt",
+        metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
+    log:
+        "logs/unpack/{experiment}/{precision}/{point}.log",
+    wildcard_constraints:
+        experiment=PACKED_EXPERIMENTS,
+    localrule: True
+    conda:
+        "../../envs/qgen.yaml"
+    params:
+        run=run_id,
+        out_dir=run_dir,
+    shell:
+        "qgen unpack --manifest {input:q} --run {params.run:q} --out {params.out_dir:q} > {log:q} 2>&1"

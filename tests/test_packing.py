@@ -1,0 +1,74 @@
+"""Packs of small runs: membership, concurrent training equal to one run per job, unpacking."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train import SHORT, assert_same_run, cli_train
+
+from qgen.experiments import expand_runs, pack_runs
+from qgen.packing import unpack
+
+CONFIG = {
+    "precisions": ["fp32", "int8", "int4", "int2"],
+    "experiments": [
+        {
+            "name": name,
+            "dataset": "digits",
+            "model": model,
+            "grid": {"optimizer": {"sgd": [0.1, 0.05, 0.01]}, "weight_decay": [0.0]},
+            "epochs": 1,
+            "batch_size": 64,
+            "milestones": [1],
+        }
+        for name, model in (("a", "nin"), ("b", "nin"), ("c", "resnet18_cifar"))
+    ],
+}
+
+
+def test_packs_hold_each_run_of_the_packed_models_once_and_never_mix_experiments() -> None:
+    runs = expand_runs(CONFIG)
+    packs = pack_runs(runs, 5, ["nin"])
+    assert sorted(packs) == [f"{e}/pack5-{i:04d}" for e in "ab" for i in range(3)]
+    assert [len(members) for members in packs.values()] == [5, 5, 2] * 2
+    packed = [run.run_id for members in packs.values() for run in members]
+    assert sorted(packed) == sorted(r.run_id for r in runs if r.experiment in "ab")
+    assert all(len({run.experiment for run in members}) == 1 for members in packs.values())
+    with pytest.raises(ValueError, match="train_pack size must be >= 1, got 0"):
+        pack_runs(runs, 0, ["nin"])
+
+
+def test_a_pack_trains_its_runs_to_the_results_of_separate_jobs(tmp_path: Path) -> None:
+    tiny = dataclasses.replace(SHORT, epochs=2, milestones=[1], n_train=256, n_test=100)
+    specs = [tiny, dataclasses.replace(tiny, precision="fp32")]
+    alone = cli_train(specs[0], tmp_path, "alone")
+    pack = subprocess.run(
+        [
+            sys.executable, "-m", "qgen.cli", "train-many",
+            "--specs", json.dumps([json.loads(spec.to_json()) for spec in specs]),
+            "--data-root", str(tmp_path / "data"),
+            "--ckpt-root", str(tmp_path / "ckpt"),
+            "--manifest", str(tmp_path / "pack.json"),
+            "--threads", "2",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert pack.returncode == 0, pack.stderr
+    assert alone.wait(timeout=300) == 0, alone.stdout.read()
+    for spec in specs:
+        unpack(tmp_path / "pack.json", spec.run_id, tmp_path / "unpacked" / spec.run_id)
+        metrics = json.loads((tmp_path / "unpacked" / spec.run_id / "metrics.json").read_text())
+        assert metrics["run_id"] == spec.run_id and metrics["status"] == "ok"
+    assert_same_run(tmp_path / "alone" / "out", tmp_path / "unpacked" / specs[0].run_id)
+
+
+def test_unpacking_a_run_the_manifest_lacks_names_both(tmp_path: Path) -> None:
+    manifest = tmp_path / "pack.json"
+    manifest.write_text(json.dumps({"schema_version": 1, "runs": {"a/fp32/p": str(tmp_path)}}))
+    with pytest.raises(KeyError, match=r"pack.json does not list run 'b/fp32/p'; it holds \['a/fp32/p'\]"):
+        unpack(manifest, "b/fp32/p", tmp_path / "out")
