@@ -89,6 +89,17 @@ def test_dry_run_of_the_paper_config_plans_every_training_job() -> None:
     assert jobs["measure"] == len(config["tables"]["table3"]) * 4 == 44
 
 
+def test_dry_run_of_the_demo_profile_plans_the_readme_outputs() -> None:
+    """`make demo`'s DAG: config.yaml's tables that the demo switches off (Tables 4, 6) are not planned."""
+    proc = snakemake("--profile", "profiles/demo", "-n", "--forceall", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    demo = yaml.safe_load((ROOT / "profiles" / "demo" / "experiments.yaml").read_text())
+    assert jobs["train"] == expected_train_jobs(demo)
+    assert jobs["render_table"] == jobs["summarize_table"] == 4  # Tables 1, 2, 3 and 5
+    assert jobs["figure1"] == jobs["figure2"] == jobs["report"] == 1 and jobs["landscape"] == 4
+
+
 def test_table2_target_plans_only_its_own_runs() -> None:
     proc = snakemake("paper_tables/table2.tex", "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr

@@ -237,6 +237,19 @@ def _evaluate_corruptions(args: argparse.Namespace) -> None:
     log.info("wrote %s (%d rows)", args.out, len(rows))
 
 
+def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str]) -> None:
+    """The options `train` and `train-many` share; ``threads`` is the default and help of --threads."""
+    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=threads[0], help=threads[1])
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        help="also checkpoint inside an epoch this often (default: 5); always after every epoch",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgen", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -251,28 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run (resumes from --ckpt-dir)")
     p.add_argument("--spec", required=True, help="the run as JSON (a qgen.experiments.RunSpec)")
-    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
     p.add_argument("--out", type=Path, required=True, help="directory for model.pt, init.pt, metrics.json")
     p.add_argument("--ckpt-dir", type=Path, required=True, help="directory for resumable state")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    _add_training_options(p, threads=(0, "CPU threads for torch (default: torch's choice)"))
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
-    p.add_argument(
-        "--checkpoint-minutes",
-        type=float,
-        default=5.0,
-        help="also checkpoint inside an epoch this often (default: 5); always after every epoch",
-    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("train-many", help="train a pack of runs concurrently on one device")
     p.add_argument("--specs", required=True, help="the runs as a JSON list of qgen.experiments.RunSpec")
-    p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
     p.add_argument("--ckpt-root", type=Path, required=True, help="resume state goes to <ckpt-root>/<run id>")
     p.add_argument("--manifest", type=Path, required=True, help="JSON written once every run has finished")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads shared by the runs (default: 1)")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="see `qgen train`")
+    _add_training_options(p, threads=(1, "CPU threads shared by the runs (default: 1)"))
     p.set_defaults(func=_train_many)
 
     p = sub.add_parser("unpack", help="copy one run's outputs out of a trained pack")
