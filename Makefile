@@ -53,7 +53,7 @@ bench: venv
 	$(BIN)/python bench/dag_dryrun.py --profile profiles/slurm
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/flatness_search.py
-	$(BIN)/python bench/flatness_search.py --search alpha
+	$(BIN)/python bench/flatness_search.py --search alpha --width 1 --depth 5 --samples 3 --repeats 1
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/corruptions.py
 

@@ -24,7 +24,8 @@ Target (issue 3): ``exact`` at least 3x faster than ``reference``, at the same s
 step.
 
     python bench/flatness_search.py                   # sigma, ~6 minutes on 2 cores
-    python bench/flatness_search.py --search alpha    # alpha, with 20 ascent steps of lr 1e-4
+    python bench/flatness_search.py --search alpha    # alpha, 20 ascent steps of lr 1e-4 (over an hour)
+    python bench/flatness_search.py --search alpha --width 1 --depth 5 --samples 3 --repeats 1
     python bench/flatness_search.py --repeats 1 --epochs 2
 """
 
@@ -64,10 +65,12 @@ REFERENCE_EVAL_BATCH = 5000  # the reference code's train_eval_loader
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--search", choices=SEARCHES, default="sigma")
-    parser.add_argument("--width", type=int, default=2, help="NiN width multiplier (depth 2)")
+    parser.add_argument("--width", type=int, default=2, help="width multiplier of the measured NiN (2 blocks deep)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the measured NiN")
     parser.add_argument("--repeats", type=int, default=3, help="searches per variant, one seed each")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--depth", type=int, default=15, help="bisection steps (the protocol: 15)")
+    parser.add_argument("--samples", type=int, default=10, help="samples per step (the protocol: 10)")
     parser.add_argument(
         "--subset-fraction", type=int, default=4, help="the subset variant uses 1/N of the set"
     )
@@ -205,14 +208,15 @@ def main() -> int:
     images: dict[str, list[int]] = {name: [] for name in found}
 
     def run_loop(name: str) -> None:
-        settings = MeasureSettings(seed=len(found[name]))
+        settings = MeasureSettings(seed=len(found[name]), depth=args.depth, samples=args.samples)
         protocol = Protocol(network, *loops[name], n, settings)
         found[name].append(protocol.search(args.search))
         images[name].append(protocol.images)
 
     def run_ours(name: str) -> None:
         data, options = ours[name]
-        search = FlatnessSearch(network, data, MeasureSettings(seed=len(found[name]), **options))
+        settings = MeasureSettings(seed=len(found[name]), depth=args.depth, samples=args.samples, **options)
+        search = FlatnessSearch(network, data, settings)
         mag = args.search.endswith("_mag")
         found[name].append(
             search.gaussian(mag) if args.search.startswith("sigma") else search.worst_case(mag)
@@ -226,7 +230,8 @@ def main() -> int:
         warmup=0,
     )
     print(
-        f"{args.search} search, NiN 2x{args.width} on Digits train ({n} images), 15 steps x 10 samples, "
+        f"{args.search} search, NiN 2x{args.width} on Digits train ({n} images), "
+        f"{args.depth} steps x {args.samples} samples, "
         f"{args.repeats} seeds, {threads} threads; subset: a fixed seeded 1/{args.subset_fraction} "
         f"({subset_size} images)"
     )
