@@ -83,36 +83,38 @@ class PerturbedEvaluator:
         return vmap(one, in_dims=(0, in_dims))(params, images)
 
     @torch.no_grad()
-    def correct_counts(self, deltas: dict[str, Tensor]) -> Iterator[tuple[Tensor, int]]:
-        """Batch by batch: the correct predictions of each copy ``base + deltas`` (shape ``(K,)``) and the
-        batch's size. Stopping the iteration early skips the remaining batches."""
+    def _batch_logits(self, deltas: dict[str, Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batch by batch: the logits ``(K, B, classes)`` of the copies ``base + deltas`` and the labels.
+        Stopping the iteration early skips the remaining batches."""
         params = {name: self.base[name] + deltas[name] for name in self.names}
         copies = next(iter(deltas.values())).shape[0]
         for images, labels in self.data.batches():
             self.images_evaluated += copies * len(labels)
-            yield (self._logits(params, images).argmax(-1) == labels).sum(-1), len(labels)
+            yield self._logits(params, images), labels
+
+    def correct_counts(self, deltas: dict[str, Tensor]) -> Iterator[tuple[Tensor, int]]:
+        """Batch by batch: the correct predictions of each copy ``base + deltas`` (shape ``(K,)``) and the
+        batch's size. Stopping the iteration early skips the remaining batches."""
+        for logits, labels in self._batch_logits(deltas):
+            yield (logits.argmax(-1) == labels).sum(-1), len(labels)
 
     def accuracy(self, deltas: dict[str, Tensor]) -> Tensor:
         """Training accuracy of each copy ``base + deltas`` (a fraction per copy, shape ``(K,)``)."""
         return sum(counts for counts, _ in self.correct_counts(deltas)) / len(self.data)
 
-    @torch.no_grad()
     def loss_and_accuracy(self, deltas: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean cross-entropy (float64) and accuracy (a fraction) of each copy ``base + deltas``.
 
         Losses are summed per sample, as in :func:`qgen.train.evaluate`; both tensors have shape ``(K,)``.
         """
-        params = {name: self.base[name] + deltas[name] for name in self.names}
-        copies = next(iter(deltas.values())).shape[0]
-        device = self.data.labels.device
-        total = torch.zeros(copies, dtype=torch.float64, device=device)
-        correct = torch.zeros(copies, device=device)
-        for images, labels in self.data.batches():
-            logits = self._logits(params, images)
-            targets = labels.expand(copies, -1)
-            total += F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(-1).double()
-            correct += (logits.argmax(-1) == labels).sum(-1)
-            self.images_evaluated += copies * len(labels)
+        total = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros(())
+        for logits, labels in self._batch_logits(deltas):
+            targets = labels.expand(logits.shape[0], -1)
+            total = (
+                total + F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").sum(-1).double()
+            )
+            correct = correct + (logits.argmax(-1) == labels).sum(-1)
         return total / len(self.data), correct / len(self.data)
 
     def unperturbed_accuracy(self) -> float:
