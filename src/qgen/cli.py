@@ -76,11 +76,10 @@ RUN_OPTIONS = ("weights", "eval_subset", "batch_size", "curvature", "curvature_i
 
 
 def _measure(args: argparse.Namespace) -> None:
-    import dataclasses
-
     import torch
 
     from qgen import files
+    from qgen.experiments import require_known_keys
     from qgen.measures import MeasureSettings
     from qgen.measures.run import measure_run
 
@@ -88,10 +87,7 @@ def _measure(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     options = json.loads(args.settings)
     run_options = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
-    known = {f.name for f in dataclasses.fields(MeasureSettings)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown measure setting(s) {unknown}; expected some of {sorted(known)}")
+    require_known_keys(MeasureSettings, options, "measure setting(s)")
     record = measure_run(
         args.run_dir, args.data_root, MeasureSettings(**options), device=args.device, **run_options
     )

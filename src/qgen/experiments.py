@@ -18,6 +18,17 @@ from typing import Any
 RUN_SCHEMA_VERSION = 1
 
 
+def require_known_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Raise ``ValueError`` naming the keys of ``data`` that are not fields of the dataclass ``cls``.
+
+    ``what`` names the keys in the message, e.g. ``"run spec key(s)"``.
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; expected some of {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything one training run needs; serialised into its ``metrics.json``."""
@@ -52,10 +63,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown run spec key(s) {unknown}; expected a subset of {sorted(known)}")
+        require_known_keys(cls, data, "run spec key(s)")
         return cls(**data)
 
 

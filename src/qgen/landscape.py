@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from qgen import files, quant
+from qgen.experiments import require_known_keys
 from qgen.measures.perturb import EvalSet, PerturbedEvaluator
 from qgen.measures.run import eval_subset_index, load_run, training_eval_set
 from qgen.train import resolve_device
@@ -77,10 +78,7 @@ class LandscapeSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LandscapeSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown landscape setting(s) {unknown}; expected some of {sorted(known)}")
+        require_known_keys(cls, data, "landscape setting(s)")
         values = dict(data)
         if "span" in values:
             values["span"] = tuple(float(v) for v in values["span"])
