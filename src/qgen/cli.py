@@ -233,11 +233,25 @@ def _evaluate_corruptions(args: argparse.Namespace) -> None:
     log.info("wrote %s (%d rows)", args.out, len(rows))
 
 
+TORCH_THREADS = (0, "CPU threads for torch (default: torch's choice)")
+
+
+def _add_run_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
+    )
+
+
+def _add_device_options(p: argparse.ArgumentParser, *, threads: tuple[int, str] = TORCH_THREADS) -> None:
+    """--device and --threads; ``threads`` is the default and help of --threads."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--threads", type=int, default=threads[0], help=threads[1])
+
+
 def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str]) -> None:
     """The options `train` and `train-many` share; ``threads`` is the default and help of --threads."""
     p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--threads", type=int, default=threads[0], help=threads[1])
+    _add_device_options(p, threads=threads)
     p.add_argument(
         "--checkpoint-minutes",
         type=float,
@@ -262,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="the run as JSON (a qgen.experiments.RunSpec)")
     p.add_argument("--out", type=Path, required=True, help="directory for model.pt, init.pt, metrics.json")
     p.add_argument("--ckpt-dir", type=Path, required=True, help="directory for resumable state")
-    _add_training_options(p, threads=(0, "CPU threads for torch (default: torch's choice)"))
+    _add_training_options(p, threads=TORCH_THREADS)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
     p.set_defaults(func=_train)
 
@@ -280,14 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_unpack)
 
     p = sub.add_parser("measure", help="flatness measures (PAC-Bayes, sharpness, curvature) of a trained run")
-    p.add_argument(
-        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
-    )
+    _add_run_dir(p)
     p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
     p.add_argument("--settings", default="{}", help="measure settings as JSON (config.yaml `measures`)")
     p.add_argument("--out", type=Path, required=True, help="measures.json to write")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    _add_device_options(p)
     p.set_defaults(func=_measure)
 
     p = sub.add_parser("summarize", help="summarise metrics.json / measures.json files into a table's CSV")
@@ -305,16 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_render)
 
     p = sub.add_parser("landscape", help="loss surface of a trained run (paper Figure 2), resumable by rows")
-    p.add_argument(
-        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
-    )
+    _add_run_dir(p)
     p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
     p.add_argument(
         "--settings", default="{}", help="grid settings as JSON (config.yaml `figures.figure2.surface`)"
     )
     p.add_argument("--out", type=Path, required=True, help=".npz file to write")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    _add_device_options(p)
     p.set_defaults(func=_landscape)
 
     p = sub.add_parser("step-sizes", help="learned LSQ steps per layer of trained runs (Figure 1's CSV)")
@@ -382,14 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate-corruptions", help="loss, accuracy and gap of a trained run on every -C split"
     )
-    p.add_argument(
-        "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
-    )
+    _add_run_dir(p)
     p.add_argument("--root", type=Path, required=True, help="the corrupted test set (official or generated)")
     p.add_argument("--out", type=Path, required=True, help="corruptions.csv to write")
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    _add_device_options(p)
     p.add_argument("--workers", type=int, default=0, help="JPEG-decoding worker processes (ImageNet-C)")
     p.set_defaults(func=_evaluate_corruptions)
     return parser
