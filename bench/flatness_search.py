@@ -65,7 +65,9 @@ REFERENCE_EVAL_BATCH = 5000  # the reference code's train_eval_loader
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--search", choices=SEARCHES, default="sigma")
-    parser.add_argument("--width", type=int, default=2, help="width multiplier of the measured NiN (2 blocks deep)")
+    parser.add_argument(
+        "--width", type=int, default=2, help="width multiplier of the measured NiN (2 blocks deep)"
+    )
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the measured NiN")
     parser.add_argument("--repeats", type=int, default=3, help="searches per variant, one seed each")
     parser.add_argument("--threads", type=int, default=None)
@@ -168,7 +170,7 @@ def trained_nin(args: argparse.Namespace, root: Path) -> tuple[nn.Module, RunSpe
         milestones=[args.epochs],
     )
     train(spec, data_root=root / "data", out_dir=root / "run", ckpt_dir=root / "ckpt", device="cpu")
-    _, model, _, _ = load_run(root / "run")
+    _, model, _ = load_run(root / "run")
     return measured_network(model, "quantized"), spec
 
 

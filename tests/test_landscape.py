@@ -56,7 +56,7 @@ def _loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
 
 
 def test_surface_matches_direct_evaluation_and_leaves_the_model_unchanged(run_dir: Path) -> None:
-    spec, model, _, _ = load_run(run_dir)
+    spec, model, _ = load_run(run_dir)
     settings = LandscapeSettings(points=3, subset=96, seed=7)
     data, _ = training_eval_set(spec, run_dir.parent / "data", settings.subset, 32, torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -95,7 +95,7 @@ def test_surface_file_holds_grid_seed_and_subset(run_dir: Path, tmp_path: Path) 
 def test_killed_grid_resumes_after_its_finished_rows(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec, model, _, _ = load_run(run_dir)
+    spec, model, _ = load_run(run_dir)
     settings = LandscapeSettings(points=3, subset=32, copies_per_pass=1)
     data, _ = training_eval_set(spec, run_dir.parent / "data", settings.subset, 32, torch.device("cpu"))
     reference, _, _ = landscape.evaluate_grid(model, data, settings)
@@ -142,7 +142,7 @@ def test_bad_settings_are_named(values: dict, message: str) -> None:
 
 def test_batched_copies_give_the_same_surface(run_dir: Path) -> None:
     """A whole row per pass (vmapped copies, the GPU default) equals one point per pass."""
-    spec, model, _, _ = load_run(run_dir)
+    spec, model, _ = load_run(run_dir)
     data, _ = training_eval_set(spec, run_dir.parent / "data", 32, 32, torch.device("cpu"))
     one, acc_one, _ = landscape.evaluate_grid(model, data, LandscapeSettings(points=3, copies_per_pass=1))
     row, acc_row, _ = landscape.evaluate_grid(model, data, LandscapeSettings(points=3, copies_per_pass=3))

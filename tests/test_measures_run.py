@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quantized_choice_measures_the_folded_quantized_function(run_dir: Path) -> None:
-    _, model, _, _ = load_run(run_dir)
+    _, model, _ = load_run(run_dir)
     network = measured_network(model, "quantized")
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

@@ -271,7 +271,7 @@ def surface_of_run(
     Resumable: rows finished by an earlier, killed call are read back from :func:`checkpoint_path`,
     which is removed once ``out`` is written.
     """
-    spec, model, _, metrics = load_run(run_dir)
+    spec, model, metrics = load_run(run_dir)
     if metrics["status"] != "ok":
         raise ValueError(f"{run_dir / 'metrics.json'}: run status is {metrics['status']!r}, expected 'ok'")
     dev = resolve_device(device)

@@ -108,7 +108,7 @@ def evaluate_corruptions(
     workers: int = 0,
 ) -> list[CorruptionResult]:
     """Every corruption x severity of the run in ``run_dir`` on the corrupted test set under ``root``."""
-    spec, model, _, metrics = load_run(run_dir)
+    spec, model, metrics = load_run(run_dir)
     partial_path = run_dir / PARTIAL
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if partial_path.exists():

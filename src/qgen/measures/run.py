@@ -31,18 +31,18 @@ from qgen.train import build_model, resolve_device
 WeightChoice = Literal["quantized", "latent"]
 
 
-def load_run(run_dir: Path) -> tuple[RunSpec, nn.Module, nn.Module, dict[str, Any]]:
-    """The run's spec, trained model, initial model and metrics, from ``model.pt``/``init.pt``."""
+def load_model(path: Path, spec: RunSpec) -> nn.Module:
+    """The model of ``spec`` with the weights saved in ``path`` (``model.pt`` or ``init.pt``), eval mode."""
+    model = build_model(spec)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    return model.eval()
+
+
+def load_run(run_dir: Path) -> tuple[RunSpec, nn.Module, dict[str, Any]]:
+    """The run's spec, trained model (``model.pt``) and metrics; :func:`load_model` reads ``init.pt``."""
     metrics = files.read_json(run_dir / "metrics.json")
     spec = RunSpec.from_dict(metrics["spec"])
-    models = []
-    for name in ("model.pt", "init.pt"):
-        model = build_model(spec)
-        model.load_state_dict(
-            torch.load(run_dir / name, map_location="cpu", weights_only=False)["state_dict"]
-        )
-        models.append(model.eval())
-    return spec, models[0], models[1], metrics
+    return spec, load_model(run_dir / "model.pt", spec), metrics
 
 
 def measured_network(model: nn.Module, weights: WeightChoice) -> nn.Module:
@@ -105,7 +105,7 @@ def measure_run(
 ) -> dict[str, Any]:
     """All measures of the run in ``run_dir`` as one JSON-ready record (``measures.json``)."""
     started = time.perf_counter()
-    spec, model, init, metrics = load_run(run_dir)
+    spec, model, metrics = load_run(run_dir)
     record: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
         "run_id": spec.run_id,
@@ -118,7 +118,7 @@ def measure_run(
         return record
     dev = resolve_device(device)
     network = measured_network(model, weights).to(dev)
-    reference = measured_network(init, weights).to(dev)
+    reference = measured_network(load_model(run_dir / "init.pt", spec), weights).to(dev)
     evalset, m = training_eval_set(spec, data_root, eval_subset, batch_size, dev)
     record["folded_batchnorm"] = len(folded_pairs(model)) if weights == "quantized" else 0
     record |= flatness_measures(network, reference, evalset, m, settings)
