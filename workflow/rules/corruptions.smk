@@ -35,7 +35,6 @@ rule evaluate_corruptions:
     input:
         data=corrupted_data_marker,
         model="results/runs/{experiment}/{precision}/{point}/model.pt",
-        init="results/runs/{experiment}/{precision}/{point}/init.pt",
         metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
     output:
         "results/runs/{experiment}/{precision}/{point}/corruptions.csv",
