@@ -119,11 +119,14 @@ def labelled_rows(config_rows):
     return json.dumps(rows)
 
 
+def repo_path(*parts):
+    """A file shipped with the workflow, found beside the Snakefile whatever the working directory."""
+    return os.path.join(workflow.basedir, *parts)
+
+
 def table_template(wildcards):
     """The jinja2 template of a table, found beside the Snakefile whatever the working directory."""
-    return os.path.join(
-        workflow.basedir, "workflow", "templates", f"{wildcards.table}.tex.j2"
-    )
+    return repo_path("workflow", "templates", f"{wildcards.table}.tex.j2")
 
 
 def paper_tables():
@@ -187,11 +190,6 @@ def corruption_batch_size(wildcards):
 FIGURES = config.get("figures", {})
 # The paper tables the report compares with our summaries (those configured in `tables`).
 REPORT_TABLES = ("table1", "table2", "table3", "table4")
-
-
-def repo_path(*parts):
-    """A file shipped with the workflow, found beside the Snakefile whatever the working directory."""
-    return os.path.join(workflow.basedir, *parts)
 
 
 def figure1_runs():
