@@ -1,22 +1,22 @@
-rule summarize_table:
+rule summarize:
     input:
-        table_results,
+        summary_inputs,
     output:
-        "results/summary/{table}.csv",
+        "results/summary/{summary}-{digest}.csv",
     log:
-        "logs/tables/{table}.summarize.log",
+        "logs/summary/{summary}-{digest}.log",
     localrule: True
     conda:
         "../../envs/qgen.yaml"
     params:
-        rows=table_rows,
+        config=summary_slice,
     shell:
-        "qgen summarize {wildcards.table} --rows {params.rows:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "qgen summarize {wildcards.summary} --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule render_table:
     input:
-        csv="results/summary/{table}.csv",
+        csv=table_summary,
         template=table_template,
     output:
         "paper_tables/{table}.tex",
@@ -25,5 +25,8 @@ rule render_table:
     localrule: True
     conda:
         "../../envs/qgen.yaml"
+    params:
+        provenance=table_digest,
     shell:
-        "qgen render {wildcards.table} --csv {input.csv:q} --template {input.template:q} --out {output:q} > {log:q} 2>&1"
+        "qgen render {wildcards.table} --csv {input.csv:q} --provenance {params.provenance}"
+        " --template {input.template:q} --out {output:q} > {log:q} 2>&1"

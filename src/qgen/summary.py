@@ -1,0 +1,149 @@
+"""Summaries: the verified results of a table's or figure's runs, written as one tidy CSV.
+
+``qgen summarize <name> --config <slice>`` is given the slice of the config that defines summary
+``<name>`` (:func:`qgen.experiments.summary_config`: its rows, the experiments they draw on, the global
+keys that enter run specs, and its settings section). From it alone it works out which runs the summary
+shows, reads each run's result file and checks it was made from exactly that run spec and those settings
+(:mod:`qgen.provenance`), then writes one row per cell with a ``provenance`` column holding the slice's
+digest. Everything rendered from a summary (LaTeX tables, figures, the report) checks that digest
+against the one the config now gives (:func:`read_summary`), and the workflow names the summary file by
+it (:func:`summary_path`), so a summary of other runs or settings is never shown, whatever Snakemake's
+metadata says.
+
+Torch-free except for Figure 1 and 2, whose results (checkpoints, surfaces) are read with torch/numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from qgen import files
+from qgen.errors import ProvenanceError, QgenError
+from qgen.experiments import RunSpec, digest_of, summary_rows
+from qgen.provenance import rebuild_hint, require_digest, require_same
+from qgen.vocab import SUMMARIES
+
+SUMMARY_DIR = "results/summary"
+PROVENANCE = "provenance"
+"""The column of every summary row that holds the digest of the config slice it summarises."""
+
+
+def summary_path(name: str, digest: str) -> str:
+    """``results/summary/<name>-<digest prefix>.csv``: one file per summary and config slice."""
+    return f"{SUMMARY_DIR}/{name}-{digest[:16]}.csv"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading each run's result, verified against the slice
+
+
+def _metrics(path: Path, run: RunSpec, settings: Any) -> dict[str, Any]:
+    metrics = files.read_json(path)
+    require_same(path, "run spec", metrics.get("spec"), run.to_dict())
+    return metrics
+
+
+def _measures(path: Path, run: RunSpec, settings: Any) -> dict[str, Any]:
+    record = _metrics(path, run, settings)
+    require_same(path, "measure settings", record.get("measure_settings"), settings)
+    return record
+
+
+def _corruptions(path: Path, run: RunSpec, settings: Any) -> dict[str, Any]:
+    rows = files.read_csv(path)
+    if not rows:
+        raise QgenError(f"{path} has no rows; {rebuild_hint(path)}")
+    expected = settings.get(run.dataset)
+    for row in rows:
+        require_digest(path, f"run of {run.run_id}", row.get("run_digest"), run.digest)
+        require_same(path, f"corrupted {run.dataset} data", json.loads(row.get("data") or "null"), expected)
+    return {"spec": run.to_dict(), "status": rows[0]["status"], "rows": rows}
+
+
+def _checkpoint(path: Path, run: RunSpec, settings: Any) -> dict[str, Any]:
+    from qgen.quant import step_sizes_of_state
+    from qgen.runs import load_checkpoint
+
+    metrics = _metrics(path.with_name("metrics.json"), run, settings)
+    if metrics["status"] != "ok":
+        return {"spec": metrics["spec"], "status": metrics["status"]}
+    state = load_checkpoint(path, run)["state_dict"]
+    return {"spec": metrics["spec"], "status": "ok", "step_sizes": step_sizes_of_state(state)}
+
+
+def _surface(path: Path, run: RunSpec, settings: Any) -> dict[str, Any]:
+    from qgen.landscape import Surface
+
+    surface = Surface.load(path)
+    require_digest(path, f"run of {run.run_id}", surface.run_digest, run.digest)
+    require_same(path, "surface settings", json.loads(surface.config), settings)
+    return {"spec": run.to_dict(), "status": "ok", "surface": surface}
+
+
+Loader = Callable[[Path, RunSpec, Any], dict[str, Any]]
+_LOADERS: dict[str, Loader] = {
+    "metrics.json": _metrics,
+    "measures.json": _measures,
+    "corruptions.csv": _corruptions,
+    "model.pt": _checkpoint,
+    "landscape": _surface,
+}
+
+
+def result_path(result: str, run: RunSpec, runs_root: Path, landscape_root: Path) -> Path:
+    """Where a run's ``result`` lives: in its run directory, or its surface under ``landscape_root``."""
+    if result == "landscape":
+        return landscape_root / f"{run.run_id}.npz"
+    return runs_root / run.run_id / result
+
+
+def load_results(sliced: Mapping[str, Any], runs_root: Path, landscape_root: Path) -> list[dict[str, Any]]:
+    """The result of every run of the summary ``sliced`` defines, each checked against the slice."""
+    entry = SUMMARIES[sliced["summary"]]
+    loader = _LOADERS[entry.result]
+    runs = [run for row in summary_rows(sliced) for run in row.runs]
+    return [
+        loader(result_path(entry.result, run, runs_root, landscape_root), run, sliced["settings"])
+        for run in runs
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building and reading summaries
+
+
+Summarizer = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+
+
+def summarizer(name: str) -> Summarizer:
+    """The function that turns summary ``name``'s results and rows into its records."""
+    if name in ("figure1", "figure2"):
+        from qgen import figures
+
+        return figures.step_size_records if name == "figure1" else figures.surface_records
+    from qgen import tables
+
+    return tables.table(name).summarize
+
+
+def summarize(sliced: Mapping[str, Any], runs_root: Path, landscape_root: Path) -> list[dict[str, Any]]:
+    """Summary records of the slice ``sliced``, each with the slice's digest in :data:`PROVENANCE`."""
+    results = load_results(sliced, runs_root, landscape_root)
+    records = summarizer(sliced["summary"])(results, sliced["rows"])
+    digest = digest_of(dict(sliced))
+    return [record | {PROVENANCE: digest} for record in records]
+
+
+def read_summary(path: Path | str, digest: str) -> list[dict[str, Any]]:
+    """The rows of a summary CSV, checked to summarise the config slice of ``digest``."""
+    rows = files.read_csv(path)
+    found = {row.get(PROVENANCE) for row in rows}
+    if found != {digest}:
+        raise ProvenanceError(
+            f"{path} summarises other runs or settings than the config asks for (its digest "
+            f"{', '.join(sorted(map(str, found)))}, the config's {digest}); {rebuild_hint(path)}"
+        )
+    return rows
