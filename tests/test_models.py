@@ -211,7 +211,7 @@ def test_a_constructor_that_differs_from_its_description_is_refused() -> None:
 
     with pytest.raises(TypeError, match="differ from their description"):
         registry.register("nin")(nin)
-    with pytest.raises(TypeError, match="no description in qgen.vocab.MODEL_ARGUMENTS"):
+    with pytest.raises(TypeError, match=r"no description in qgen\.vocab\.MODEL_ARGUMENTS"):
         registry.register("undescribed")(undescribed)
     assert registry.names() == []
 

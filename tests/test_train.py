@@ -262,9 +262,12 @@ def test_a_second_trainer_of_the_same_run_stops_at_once(finished: tuple[Path, di
     assert proc.returncode == 1, log
     assert f"run {SPEC.run_id} is locked by pid {os.getpid()} on" in log and "Traceback" not in log
     assert time.monotonic() - started < 60 and not (tmp_path / "out").exists()
-    with pytest.raises(LockedError, match="other is locked by pid"):
-        with files.exclusive_lock(tmp_path / "a", "one"), files.exclusive_lock(tmp_path / "a", "other"):
-            pass
+    with (
+        pytest.raises(LockedError, match="other is locked by pid"),
+        files.exclusive_lock(tmp_path / "a", "one"),
+        files.exclusive_lock(tmp_path / "a", "other"),
+    ):
+        pass
 
 
 def test_diverged_run_is_recorded_not_raised(tmp_path: Path) -> None:

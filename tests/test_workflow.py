@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qgen import tables
+from qgen import files, tables
 
 from helpers import compile_latex, requires_pdflatex
 
@@ -242,7 +242,7 @@ def test_end_to_end_table5_holds_the_corruption_gaps(mini_run: Path) -> None:
     assert manifest["source"] == "generated" and manifest["images_per_severity"] == 20
     table5 = (mini_run / "paper_tables" / "table5.tex").read_text()
     for path in mini_run.glob("results/runs/*/*/*/corruptions.csv"):
-        rows = tables.read_csv(path)
+        rows = files.read_csv(path)
         assert len(rows) == 75 and all(r["n"] == 20 for r in rows)
         if "/fp32/" in str(path):
             fog = [r["gap"] for r in rows if r["corruption"] == "fog"]
@@ -255,7 +255,7 @@ def test_end_to_end_figure1_and_report(mini_run: Path) -> None:
         p.parent.parent.name: json.loads(p.read_text())
         for p in mini_run.glob("results/runs/*/*/*/metrics.json")
     }
-    steps = tables.read_csv(mini_run / "paper_tables" / "figure1.csv")
+    steps = files.read_csv(mini_run / "paper_tables" / "figure1.csv")
     assert {r["precision"] for r in steps} == {"int8", "int4", "int2"}
     for r in steps:
         assert r["step_size"] == pytest.approx(metrics[r["precision"]]["step_sizes"][r["layer"]])

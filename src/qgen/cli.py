@@ -118,8 +118,9 @@ def _render(args: argparse.Namespace) -> None:
     from qgen import files, summary, tables
 
     records = summary.read_summary(args.csv, args.provenance)
-    context = tables.table(args.table).context(records) | {"source": f"{args.csv} (digest {args.provenance})"}
-    files.write_text(args.out, tables.render(args.template, context))
+    context = tables.table(args.table).context(records)
+    source = f"{args.csv} (config digest {args.provenance})"
+    files.write_text(args.out, tables.render(args.template, context, source))
     log.info("wrote %s", args.out)
 
 

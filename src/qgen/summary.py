@@ -100,15 +100,42 @@ def result_path(result: str, run: RunSpec, runs_root: Path, landscape_root: Path
     return runs_root / run.run_id / result
 
 
+# The rule that makes each kind of result, for the remedy of a stale one.
+_RULES = {
+    "metrics.json": "train",
+    "measures.json": "measure",
+    "corruptions.csv": "evaluate_corruptions",
+    "model.pt": "train",
+    "landscape": "landscape",
+}
+MAX_LISTED = 5
+
+
 def load_results(sliced: Mapping[str, Any], runs_root: Path, landscape_root: Path) -> list[dict[str, Any]]:
-    """The result of every run of the summary ``sliced`` defines, each checked against the slice."""
+    """The result of every run of the summary ``sliced`` defines, each checked against the slice.
+
+    Every stale result is found before failing: one :class:`~qgen.errors.ProvenanceError` lists them (the
+    first few in full) with one command that rebuilds them all.
+    """
     entry = SUMMARIES[sliced["summary"]]
     loader = _LOADERS[entry.result]
-    runs = [run for row in summary_rows(sliced) for run in row.runs]
-    return [
-        loader(result_path(entry.result, run, runs_root, landscape_root), run, sliced["settings"])
-        for run in runs
-    ]
+    results, stale = [], []
+    for run in (run for row in summary_rows(sliced) for run in row.runs):
+        path = result_path(entry.result, run, runs_root, landscape_root)
+        try:
+            results.append(loader(path, run, sliced["settings"]))
+        except ProvenanceError as error:
+            stale.append(error)
+    if stale:
+        listed = "\n  ".join(map(str, stale[:MAX_LISTED]))
+        more = f"\n  ... and {len(stale) - MAX_LISTED} more" if len(stale) > MAX_LISTED else ""
+        raise ProvenanceError(
+            f"{len(stale)} of the {len(results) + len(stale)} results {sliced['summary']} needs were made "
+            f"from other specs or settings than the config asks for:\n  {listed}{more}\n"
+            f"Rebuild them all with `snakemake --forcerun {_RULES[entry.result]} <target>` (and your usual "
+            "--profile): runs whose checkpoints already match the config only repeat their final evaluation."
+        )
+    return results
 
 
 # --------------------------------------------------------------------------------------------------------

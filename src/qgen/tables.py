@@ -346,8 +346,8 @@ def table(name: str) -> Table:
         raise UnknownNameError(f"unknown table {name!r}; known: {sorted(TABLES)}") from None
 
 
-def render(template: Path | str, context: Mapping[str, Any]) -> str:
-    """Fill a LaTeX jinja2 template.
+def render(template: Path | str, context: Mapping[str, Any], source: str = "a qgen summary") -> str:
+    """Fill a LaTeX jinja2 template; ``source`` (the summary file and its digest) goes into its header.
 
     LaTeX-friendly delimiters: blocks ``\\BLOCK{...}``, values ``\\VAR{...}``, comments ``\\#{...}``.
     """
@@ -371,6 +371,7 @@ def render(template: Path | str, context: Mapping[str, Any]) -> str:
         "fmt_mean_std": fmt_mean_std,
         "precision_label": PRECISION_LABELS.get,
         "groupby_first": _first_of_group,
+        "source": source,
     }
     return env.get_template(path.name).render(**context)
 
