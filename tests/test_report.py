@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qgen import files, report, tables
+from qgen import files, report, summary, tables
 from qgen.cli import main
+from qgen.experiments import digest_of
 from qgen.report import FAIL, NOT_RUN, PASS, Value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def test_our_table4_meets_the_papers_cells_and_its_claims(tmp_path: Path) -> Non
     assert verdict == report.Verdict(PASS, "4 of 6 cells (66.7%) below FP32; needs more than 50%")
 
 
-DIGEST = "d" * 64
+TABLE1_CONFIG = {"summary": "table1", "rows": [], "experiments": [], "precisions": [], "settings": {}}
 
 
 def table1_summary(tmp_path: Path, diverged: int = 0) -> Path:
@@ -253,7 +254,8 @@ def table1_summary(tmp_path: Path, diverged: int = 0) -> Path:
         row |= {"gap_mean": 0.3 - i / 10, "gap_std": 0.01}
         rows.append(row)
     rows.append(rows[0] | {"experiment": "nin_digits", "dataset": "Digits"})
-    return write(tmp_path / "table1.csv", [row | {"provenance": DIGEST} for row in rows])
+    summary.write_config(tmp_path / "table1.config.json", TABLE1_CONFIG)
+    return write(tmp_path / "table1.csv", [row | {"provenance": digest_of(TABLE1_CONFIG)} for row in rows])
 
 
 def test_report_cli_writes_markdown_and_html(tmp_path: Path) -> None:
@@ -266,7 +268,7 @@ def test_report_cli_writes_markdown_and_html(tmp_path: Path) -> None:
         "--notes",
         str(PAPER / "notes.yaml"),
     ]
-    argv += ["--results", f"table1={csv_path}", "--digests", f"table1={DIGEST}"]
+    argv += ["--results", f"table1={csv_path}", "--configs", f"table1={tmp_path / 'table1.config.json'}"]
     argv += ["--templates", *map(str, TEMPLATES), "--out", *map(str, out)]
     assert main(argv) == 0
     md, html = (p.read_text() for p in out)
@@ -288,7 +290,8 @@ def test_report_refuses_a_summary_of_another_config(tmp_path: Path, caplog: pyte
     """A table can never be rendered from a summary that is not exactly the configured one."""
     csv_path = table1_summary(tmp_path)
     argv = ["report", "--paper", str(PAPER / "table1.csv"), "--notes", str(PAPER / "notes.yaml")]
-    argv += ["--results", f"table1={csv_path}", "--digests", f"table1={'e' * 64}"]
+    summary.write_config(tmp_path / "other.json", TABLE1_CONFIG | {"rows": [{"experiment": "x"}]})
+    argv += ["--results", f"table1={csv_path}", "--configs", f"table1={tmp_path / 'other.json'}"]
     argv += ["--templates", *map(str, TEMPLATES), "--out", str(tmp_path / "r.md"), str(tmp_path / "r.html")]
     assert main(argv) == 1
     message = caplog.text

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from qgen import files, summary
 from qgen.cli import main
-from qgen.errors import ProvenanceError
+from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import RunSpec, digest_of, summary_config, summary_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +63,32 @@ def test_a_summary_holds_its_runs_numbers_and_the_slice_digest(tmp_path: Path) -
         ("NiN (2x2)", "int4", 11.0),
     ]
     assert {r["provenance"] for r in records} == {digest_of(sliced)}
-    path = tmp_path / summary.summary_path("table2", digest_of(sliced))
+    path = tmp_path / summary.summary_path("table2")
     files.write_csv(path, records)
-    assert summary.read_summary(path, digest_of(sliced)) == records
+    config = tmp_path / summary.config_path("table2")
+    summary.write_config(config, sliced)
+    assert summary.read_config(config, "table2") == sliced
+    assert summary.read_summary(path, config, "table2") == records
+    relabelled = json.loads(json.dumps(CONFIG))
+    relabelled["tables"]["table2"][0]["label"] = "NiN (2x2), again"
+    summary.write_config(config, summary_config(relabelled, "table2"))
     with pytest.raises(ProvenanceError, match="summarises other runs or settings than the config asks for"):
-        summary.read_summary(path, digest_of(summary_config(CONFIG, "table1")))
+        summary.read_summary(path, config, "table2")
+    with pytest.raises(QgenError, match="is not the config of summary 'table3'"):
+        summary.read_summary(path, config, "table3")
+
+
+def test_the_config_file_is_rewritten_only_when_the_slice_changes(tmp_path: Path) -> None:
+    """Its time is what makes Snakemake rebuild a summary without its metadata (a copied results/)."""
+    config = tmp_path / "table2.config.json"
+    summary.write_config(config, summary_config(CONFIG, "table2"))
+    os.utime(config, (1, 1))
+    summary.write_config(config, summary_config(CONFIG, "table2"))
+    assert config.stat().st_mtime == 1
+    longer = json.loads(json.dumps(CONFIG))
+    longer["experiments"][0]["epochs"] = 30
+    summary.write_config(config, summary_config(longer, "table2"))
+    assert config.stat().st_mtime > 1 and json.loads(config.read_text())["experiments"][0]["epochs"] == 30
 
 
 def test_stale_runs_are_all_listed_with_one_command_that_rebuilds_them(tmp_path: Path) -> None:
@@ -122,11 +144,15 @@ def test_render_refuses_a_summary_of_another_config(tmp_path: Path, caplog: pyte
     sliced = summary_config(CONFIG, "table2")
     csv_path = tmp_path / "table2.csv"
     files.write_csv(csv_path, summary.summarize(sliced, tmp_path, tmp_path))
+    other = json.loads(json.dumps(CONFIG))
+    other["tables"]["table2"][0]["where"]["width"] = 1
+    summary.write_config(tmp_path / "other.json", summary_config(other, "table2"))
+    summary.write_config(tmp_path / "table2.config.json", sliced)
     template = str(ROOT / "workflow" / "templates" / "table2.tex.j2")
     out = tmp_path / "table2.tex"
     argv = ["render", "table2", "--csv", str(csv_path), "--template", template, "--out", str(out)]
-    assert main([*argv, "--provenance", "0" * 64]) == 1
+    assert main([*argv, "--config", str(tmp_path / "other.json")]) == 1
     assert f"{csv_path} summarises other runs or settings than the config asks for" in caplog.text
     assert not out.exists()
-    assert main([*argv, "--provenance", digest_of(sliced)]) == 0
+    assert main([*argv, "--config", str(tmp_path / "table2.config.json")]) == 0
     assert f"config digest {digest_of(sliced)}" in out.read_text()

@@ -106,9 +106,7 @@ def _measure(args: argparse.Namespace) -> None:
 def _summarize(args: argparse.Namespace) -> None:
     from qgen import files, summary
 
-    sliced = json.loads(args.config)
-    if sliced.get("summary") != args.name:
-        raise QgenError(f"--config is the slice of {sliced.get('summary')!r}, not of {args.name!r}")
+    sliced = summary.read_config(args.config, args.name)
     records = summary.summarize(sliced, args.runs_root, args.landscape_root)
     files.write_csv(args.out, records)
     log.info("wrote %s (%d rows)", args.out, len(records))
@@ -117,9 +115,9 @@ def _summarize(args: argparse.Namespace) -> None:
 def _render(args: argparse.Namespace) -> None:
     from qgen import files, summary, tables
 
-    records = summary.read_summary(args.csv, args.provenance)
+    records = summary.read_summary(args.csv, args.config, args.table)
     context = tables.table(args.table).context(records)
-    source = f"{args.csv} (config digest {args.provenance})"
+    source = f"{args.csv} (config digest {records[0][summary.PROVENANCE]})"
     files.write_text(args.out, tables.render(args.template, context, source))
     log.info("wrote %s", args.out)
 
@@ -139,7 +137,7 @@ def _landscape(args: argparse.Namespace) -> None:
 def _figure1(args: argparse.Namespace) -> None:
     from qgen import figures, files, summary
 
-    records = summary.read_summary(args.csv, args.provenance)
+    records = summary.read_summary(args.csv, args.config, "figure1")
     figures.plot_step_sizes(records, args.out)
     files.write_csv(args.data, records)
 
@@ -149,7 +147,7 @@ def _figure2(args: argparse.Namespace) -> None:
     from qgen.landscape import Surface
     from qgen.provenance import require_digest
 
-    records = summary.read_summary(args.csv, args.provenance)
+    records = summary.read_summary(args.csv, args.config, "figure2")
     by_run = {r["run_id"]: r for r in records}
     surfaces = []
     for path in args.surfaces:
@@ -183,12 +181,12 @@ def _report(args: argparse.Namespace) -> None:
 
     sources: dict[str, list[report.Value] | None] = dict.fromkeys(report.SOURCES)
     paths = _named(args.results, "--results", report.SOURCES)
-    digests = _named(args.digests, "--digests", report.SOURCES)
+    configs = _named(args.configs, "--configs", report.SOURCES)
     diverged: list[str] = []
     for name, path in paths.items():
-        if name not in digests:
-            raise QgenError(f"--results {name}={path} has no --digests {name}=<digest>")
-        rows = summary.read_summary(path, digests[name])
+        if name not in configs:
+            raise QgenError(f"--results {name}={path} has no --configs {name}=<config slice file>")
+        rows = summary.read_summary(path, configs[name], name)
         sources[name] = report.values_of(name, rows)
         diverged += report.diverged(name, rows)
     cells = [cell for path in args.paper for cell in report.read_paper_table(path)]
@@ -295,11 +293,12 @@ def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str
     )
 
 
-def _add_provenance(p: argparse.ArgumentParser) -> None:
+def _add_summary_config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--provenance",
+        "--config",
+        type=Path,
         required=True,
-        help="the digest of the config slice the summary must have been made from",
+        help="results/summary/<name>.config.json: the config slice that defines the summary",
     )
 
 
@@ -352,11 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summarize", help="summarise a table's or figure's verified run results into a CSV")
     p.add_argument("name", help="table1..table6, figure1, figure2")
-    p.add_argument(
-        "--config",
-        required=True,
-        help="the config slice that defines it (JSON; qgen.experiments.summary_config)",
-    )
+    _add_summary_config(p)
     p.add_argument("--runs-root", type=Path, default=Path("results/runs"), help="default: results/runs")
     p.add_argument(
         "--landscape-root", type=Path, default=Path("results/landscape"), help="default: results/landscape"
@@ -367,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render a table's summary CSV to LaTeX")
     p.add_argument("table", help="table name, e.g. table1")
     p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize`")
-    _add_provenance(p)
+    _add_summary_config(p)
     p.add_argument("--template", type=Path, required=True, help="jinja2 LaTeX template")
     p.add_argument("--out", type=Path, required=True, help=".tex file to write")
     p.set_defaults(func=_render)
@@ -384,14 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figure1", help="draw Figure 1 (bin width per layer) from its summary CSV")
     p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure1`")
-    _add_provenance(p)
+    _add_summary_config(p)
     p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
     p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
     p.set_defaults(func=_figure1)
 
     p = sub.add_parser("figure2", help="draw Figure 2 (loss surfaces) from its summary CSV and the surfaces")
     p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure2`")
-    _add_provenance(p)
+    _add_summary_config(p)
     p.add_argument("--surfaces", type=Path, nargs="+", required=True, help=".npz files from `qgen landscape`")
     p.add_argument("--zmax", type=float, help="clip the plotted loss at this value (default: the highest)")
     p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
@@ -408,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="our summaries as NAME=CSV (table1..table4, figure1, figure2)",
     )
     p.add_argument(
-        "--digests", nargs="*", default=[], help="NAME=DIGEST: the config digest each summary must have"
+        "--configs", nargs="*", default=[], help="NAME=JSON: the config slice each summary must summarise"
     )
     p.add_argument(
         "--templates", type=Path, nargs="+", required=True, help="jinja2 templates (.md.j2, .html.j2)"

@@ -1,14 +1,17 @@
 """Summaries: the verified results of a table's or figure's runs, written as one tidy CSV.
 
-``qgen summarize <name> --config <slice>`` is given the slice of the config that defines summary
-``<name>`` (:func:`qgen.experiments.summary_config`: its rows, the experiments they draw on, the global
-keys that enter run specs, and its settings section). From it alone it works out which runs the summary
-shows, reads each run's result file and checks it was made from exactly that run spec and those settings
-(:mod:`qgen.provenance`), then writes one row per cell with a ``provenance`` column holding the slice's
-digest. Everything rendered from a summary (LaTeX tables, figures, the report) checks that digest
-against the one the config now gives (:func:`read_summary`), and the workflow names the summary file by
-it (:func:`summary_path`), so a summary of other runs or settings is never shown, whatever Snakemake's
-metadata says.
+A summary is defined by a slice of the config (:func:`qgen.experiments.summary_config`: its rows, the
+experiments they draw on, the global keys that enter run specs, and its settings section). The workflow
+keeps that slice in ``results/summary/<name>.config.json`` (:func:`write_config`), rewritten whenever it
+changes, so that Snakemake sees a newer input and rebuilds the summary and everything rendered from it
+even without its own metadata (for instance in a copied ``results/``).
+
+``qgen summarize <name> --config results/summary/<name>.config.json`` works out from the slice alone which
+runs the summary shows, reads each run's result file and checks it was made from exactly that run spec
+and those settings (:mod:`qgen.provenance`), then writes ``results/summary/<name>.csv``, one row per cell
+with a ``provenance`` column holding the slice's digest. Everything rendered from a summary (LaTeX tables,
+figures, the report) checks that digest against the config file (:func:`read_summary`), so a summary of
+other runs or settings is never shown.
 
 Torch-free except for Figure 1 and 2, whose results (checkpoints, surfaces) are read with torch/numpy.
 """
@@ -31,9 +34,31 @@ PROVENANCE = "provenance"
 """The column of every summary row that holds the digest of the config slice it summarises."""
 
 
-def summary_path(name: str, digest: str) -> str:
-    """``results/summary/<name>-<digest prefix>.csv``: one file per summary and config slice."""
-    return f"{SUMMARY_DIR}/{name}-{digest[:16]}.csv"
+def summary_path(name: str) -> str:
+    """``results/summary/<name>.csv``."""
+    return f"{SUMMARY_DIR}/{name}.csv"
+
+
+def config_path(name: str) -> str:
+    """``results/summary/<name>.config.json``: the config slice that defines summary ``name``."""
+    return f"{SUMMARY_DIR}/{name}.config.json"
+
+
+def write_config(path: Path | str, sliced: Mapping[str, Any]) -> None:
+    """Write the config slice to ``path`` unless the file already holds exactly it (its time then stays,
+    so Snakemake rebuilds only the summaries whose slice changed)."""
+    text = json.dumps(sliced, indent=2, sort_keys=True) + "\n"
+    path = Path(path)
+    if not path.is_file() or path.read_text() != text:
+        files.write_text(path, text)
+
+
+def read_config(path: Path | str, name: str) -> dict[str, Any]:
+    """The config slice of summary ``name`` from ``path`` (:func:`write_config`)."""
+    sliced = files.read_json(path)
+    if not isinstance(sliced, dict) or sliced.get("summary") != name:
+        raise QgenError(f"{path} is not the config of summary {name!r}; rerun snakemake to rewrite it")
+    return sliced
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -164,13 +189,14 @@ def summarize(sliced: Mapping[str, Any], runs_root: Path, landscape_root: Path) 
     return [record | {PROVENANCE: digest} for record in records]
 
 
-def read_summary(path: Path | str, digest: str) -> list[dict[str, Any]]:
-    """The rows of a summary CSV, checked to summarise the config slice of ``digest``."""
+def read_summary(path: Path | str, config: Path | str, name: str) -> list[dict[str, Any]]:
+    """The rows of summary ``name``'s CSV, checked to summarise the config slice in ``config``."""
+    digest = digest_of(read_config(config, name))
     rows = files.read_csv(path)
     found = {row.get(PROVENANCE) for row in rows}
     if found != {digest}:
         raise ProvenanceError(
             f"{path} summarises other runs or settings than the config asks for (its digest "
-            f"{', '.join(sorted(map(str, found)))}, the config's {digest}); {rebuild_hint(path)}"
+            f"{', '.join(sorted(map(str, found)))}, that of {config}: {digest}); {rebuild_hint(path)}"
         )
     return rows

@@ -18,17 +18,24 @@ from qgen.experiments import (
     summary_config,
     summary_rows,
 )
-from qgen.summary import summary_path
+from qgen.summary import config_path, summary_path, write_config
 from qgen.vocab import FIGURE_NAMES, SUMMARIES, TABLE_NAMES
 
 SCHEMA = "../schemas/config.schema.yaml"
+
+
+def shown_path(path):
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
 
 # Everything is checked before any job runs, and reported in a few lines naming the keys at fault.
 try:
     check_config(
         config,
         os.path.join(workflow.current_basedir, SCHEMA),
-        [os.path.relpath(f) for f in workflow.configfiles],
+        [shown_path(f) for f in workflow.configfiles],
     )
 except QgenError as error:
     raise WorkflowError(str(error)) from None
@@ -41,10 +48,18 @@ EXPERIMENTS = experiments_by_name(config)
 SUMMARIZED = configured_summaries(config)
 TABLES = [name for name in SUMMARIZED if name in TABLE_NAMES]
 FIGURES = [name for name in SUMMARIZED if name in FIGURE_NAMES]
-# Each summary is defined by a slice of the config; its digest names the summary file, so a summary of
-# anything else than what the config now asks for is never used, whatever Snakemake's metadata says.
+# Each summary is defined by a slice of the config, kept in results/summary/<name>.config.json and
+# rewritten here whenever it changes: the summary and what is rendered from it then have a newer input,
+# so Snakemake rebuilds them even without its metadata (a copied results/), and each job checks that its
+# files were made from exactly that slice.
+# A dry run writes only the files still missing (the summary rules need them as inputs) and leaves the
+# others to the `digest` params, which Snakemake's metadata compares; remote jobs write nothing.
 SLICES = {name: summary_config(config, name) for name in SUMMARIZED}
 DIGESTS = {name: digest_of(sliced) for name, sliced in SLICES.items()}
+if workflow.is_main_process:
+    for name, sliced in SLICES.items():
+        if not workflow.dryrun or not os.path.exists(config_path(name)):
+            write_config(config_path(name), sliced)
 
 
 wildcard_constraints:
@@ -101,39 +116,39 @@ def summary_runs(name):
     return [run for row in summary_rows(SLICES[name]) for run in row.runs]
 
 
-def summary_file(name):
-    return summary_path(name, DIGESTS[name])
-
-
 def summary_inputs(wildcards):
-    """What a summary reads: each run's result (in its run directory, or its surface for Figure 2)."""
+    """What a summary reads: its config slice, and each run's result (in its run directory, or its surface
+    for Figure 2)."""
     name = wildcards.summary
-    if wildcards.digest != DIGESTS[name][:16]:
-        raise WorkflowError(
-            f"{summary_path(name, wildcards.digest)} is not the {name} summary of this config "
-            f"(that is {summary_file(name)})"
-        )
     runs = summary_runs(name)
-    require_results(runs, "metrics.json", summary_file(name))
+    require_results(runs, "metrics.json", summary_path(name))
     result = SUMMARIES[name].result
     if result == "landscape":
-        return [f"results/landscape/{run.run_id}.npz" for run in runs]
-    inputs = [f"results/runs/{run.run_id}/{result}" for run in runs]
+        results = [f"results/landscape/{run.run_id}.npz" for run in runs]
+    else:
+        results = [f"results/runs/{run.run_id}/{result}" for run in runs]
     if result == "model.pt":
-        inputs += [f"results/runs/{run.run_id}/metrics.json" for run in runs]
-    return inputs
+        results += [f"results/runs/{run.run_id}/metrics.json" for run in runs]
+    return {"config": config_path(name), "results": results}
 
 
-def summary_slice(wildcards):
-    return json.dumps(SLICES[wildcards.summary])
+def table_config(wildcards):
+    return config_path(wildcards.table)
+
+
+def summary_digest(name):
+    """The digest of summary ``name``'s config slice, as a rule's params (Snakemake's metadata trigger)."""
+    return lambda wildcards: DIGESTS[name]
+
+
+def summary_digest_of(wildcards):
+    return DIGESTS[
+        wildcards.summary if "summary" in wildcards.keys() else wildcards.table
+    ]
 
 
 def table_summary(wildcards):
-    return summary_file(wildcards.table)
-
-
-def table_digest(wildcards):
-    return DIGESTS[wildcards.table]
+    return summary_path(wildcards.table)
 
 
 def measure_settings(wildcards):
@@ -219,20 +234,6 @@ REPORT_SOURCES = [
 ] + FIGURES
 
 
-def figure_summary(name):
-    def summary(wildcards):
-        return summary_file(name)
-
-    return summary
-
-
-def figure_digest(name):
-    def digest(wildcards):
-        return DIGESTS[name]
-
-    return digest
-
-
 def figure2_surfaces(wildcards):
     return [f"results/landscape/{run.run_id}.npz" for run in summary_runs("figure2")]
 
@@ -264,18 +265,23 @@ def report_inputs(wildcards):
         ],
     }
     for name in REPORT_SOURCES:
-        inputs[name] = summary_file(name)
+        inputs[name] = summary_path(name)
+        inputs[f"{name}_config"] = config_path(name)
     return inputs
 
 
 def report_results(wildcards, input):
-    """Our summaries as NAME=PATH arguments of `qgen report`."""
-    return " ".join(shlex.quote(f"{name}={input[name]}") for name in REPORT_SOURCES)
+    """Our summaries and their config slices as NAME=PATH arguments of `qgen report`."""
+    results = [shlex.quote(f"{name}={input[name]}") for name in REPORT_SOURCES]
+    configs = [
+        shlex.quote(f"{name}={input[name + '_config']}") for name in REPORT_SOURCES
+    ]
+    return f"--results {' '.join(results)} --configs {' '.join(configs)}"
 
 
 def report_digests(wildcards):
-    """The digest each summary must carry, as NAME=DIGEST arguments of `qgen report`."""
-    return " ".join(f"{name}={DIGESTS[name]}" for name in REPORT_SOURCES)
+    """The digests of the report's summaries (params, for Snakemake's metadata trigger)."""
+    return [DIGESTS[name] for name in REPORT_SOURCES]
 
 
 # --- Cluster scale: which rule trains a run, packs of small runs, and the guard against local training.

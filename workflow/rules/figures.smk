@@ -1,6 +1,7 @@
 rule figure1:
     input:
-        figure_summary("figure1"),
+        csv="results/summary/figure1.csv",
+        config="results/summary/figure1.config.json",
     output:
         pdf="paper_tables/figure1.pdf",
         png="paper_tables/figure1.png",
@@ -11,9 +12,9 @@ rule figure1:
     conda:
         "../../envs/qgen.yaml"
     params:
-        provenance=figure_digest("figure1"),
+        digest=summary_digest("figure1"),
     shell:
-        "qgen figure1 --csv {input:q} --provenance {params.provenance}"
+        "qgen figure1 --csv {input.csv:q} --config {input.config:q}"
         " --out {output.pdf:q} {output.png:q} --data {output.data:q} > {log:q} 2>&1"
 
 
@@ -41,7 +42,8 @@ rule landscape:
 
 rule figure2:
     input:
-        csv=figure_summary("figure2"),
+        csv="results/summary/figure2.csv",
+        config="results/summary/figure2.config.json",
         surfaces=figure2_surfaces,
     output:
         pdf="paper_tables/figure2.pdf",
@@ -53,8 +55,8 @@ rule figure2:
     conda:
         "../../envs/qgen.yaml"
     params:
-        provenance=figure_digest("figure2"),
+        digest=summary_digest("figure2"),
         options=figure2_options,
     shell:
-        "qgen figure2 --csv {input.csv:q} --provenance {params.provenance} --surfaces {input.surfaces:q}"
+        "qgen figure2 --csv {input.csv:q} --config {input.config:q} --surfaces {input.surfaces:q}"
         " {params.options} --out {output.pdf:q} {output.png:q} --data {output.data:q} > {log:q} 2>&1"

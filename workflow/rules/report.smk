@@ -13,6 +13,5 @@ rule report:
         results=report_results,
         digests=report_digests,
     shell:
-        "qgen report --paper {input.paper:q} --notes {input.notes:q} --results {params.results}"
-        " --digests {params.digests} --templates {input.templates:q} --out {output.md:q} {output.html:q}"
-        " > {log:q} 2>&1"
+        "qgen report --paper {input.paper:q} --notes {input.notes:q} {params.results}"
+        " --templates {input.templates:q} --out {output.md:q} {output.html:q} > {log:q} 2>&1"

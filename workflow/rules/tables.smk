@@ -1,22 +1,23 @@
 rule summarize:
     input:
-        summary_inputs,
+        unpack(summary_inputs),
     output:
-        "results/summary/{summary}-{digest}.csv",
+        "results/summary/{summary}.csv",
     log:
-        "logs/summary/{summary}-{digest}.log",
+        "logs/summary/{summary}.log",
     localrule: True
     conda:
         "../../envs/qgen.yaml"
     params:
-        config=summary_slice,
+        digest=summary_digest_of,
     shell:
-        "qgen summarize {wildcards.summary} --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+        "qgen summarize {wildcards.summary} --config {input.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule render_table:
     input:
         csv=table_summary,
+        config=table_config,
         template=table_template,
     output:
         "paper_tables/{table}.tex",
@@ -26,7 +27,7 @@ rule render_table:
     conda:
         "../../envs/qgen.yaml"
     params:
-        provenance=table_digest,
+        digest=summary_digest_of,
     shell:
-        "qgen render {wildcards.table} --csv {input.csv:q} --provenance {params.provenance}"
+        "qgen render {wildcards.table} --csv {input.csv:q} --config {input.config:q}"
         " --template {input.template:q} --out {output:q} > {log:q} 2>&1"

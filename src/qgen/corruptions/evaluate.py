@@ -22,7 +22,7 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from qgen import data, files, tables
+from qgen import data, files
 from qgen.corruptions import CORRUPTIONS, SEVERITIES
 from qgen.corruptions.layout import folder_problems, layout_for_size, npy_problems, read_npy_split
 from qgen.experiments import RunSpec, digest_of
@@ -189,5 +189,5 @@ def evaluate_corruptions(
 
 def write_results(path: Path, rows: list[CorruptionResult], resume: Path) -> None:
     """Write ``corruptions.csv`` and drop the resume file."""
-    tables.write_csv(path, [asdict(r) for r in rows])
+    files.write_csv(path, [asdict(r) for r in rows])
     resume.unlink(missing_ok=True)
