@@ -52,8 +52,9 @@ from qgen import data as qdata
 from qgen.experiments import RunSpec
 from qgen.measures.flatness import SEARCHES, FlatnessSearch, MeasureSettings
 from qgen.measures.perturb import EvalSet, gaussian_std
-from qgen.measures.run import load_run, measured_network, training_eval_set
+from qgen.measures.run import measured_network, training_eval_set
 from qgen.measures.search import SearchResult, bisect_scale
+from qgen.runs import load_run
 from qgen.train import train
 
 from _timing import Target, interleave, median, set_threads, spread, verdict
@@ -170,7 +171,7 @@ def trained_nin(args: argparse.Namespace, root: Path) -> tuple[nn.Module, RunSpe
         milestones=[args.epochs],
     )
     train(spec, data_root=root / "data", out_dir=root / "run", ckpt_dir=root / "ckpt", device="cpu")
-    _, model, _ = load_run(root / "run")
+    model, _ = load_run(root / "run", spec)
     return measured_network(model, "quantized"), spec
 
 

@@ -35,7 +35,8 @@ from torch.nn import functional as F
 
 from qgen import data, quant
 from qgen.experiments import RunSpec
-from qgen.train import build_model, build_optimizer, train_epoch
+from qgen.runs import build_model
+from qgen.train import build_optimizer, train_epoch
 
 from _timing import Target, interleave, median, set_threads, spread, verdict
 

@@ -27,7 +27,8 @@ from torch.nn import functional as F
 
 from qgen import quant
 from qgen.experiments import RunSpec
-from qgen.train import build_model, build_optimizer
+from qgen.runs import build_model
+from qgen.train import build_optimizer
 
 from _timing import Target, interleave, median, set_threads, spread, verdict
 

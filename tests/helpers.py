@@ -35,7 +35,7 @@ def tiny_spec(**changes: object) -> RunSpec:
         n_train=400,
         n_test=100,
     )
-    return RunSpec.from_dict({**spec.__dict__, **changes})
+    return RunSpec.from_dict({**spec.to_dict(), **changes})
 
 
 def train_tiny(spec: RunSpec, tmp: Path) -> Path:

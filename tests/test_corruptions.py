@@ -1,4 +1,4 @@
-"""Corruptions: the 15 transforms, seeding, the -C layouts and their reader, generation, and evaluation."""
+"""Corruptions: the 15 transforms, seeding, the -C layouts and their reader, and generation."""
 
 from __future__ import annotations
 
@@ -12,16 +12,12 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-from torch.nn import functional as F
 
 from qgen import data
 from qgen.corruptions import CORRUPTIONS, GROUPS, SEVERITIES, transforms
-from qgen.corruptions.evaluate import PARTIAL, check_corrupted_root, evaluate_corruptions, split_loader
+from qgen.corruptions.evaluate import check_corrupted_root, split_loader
 from qgen.corruptions.generate import generate_folder, generate_npy
 from qgen.corruptions.layout import folder_problems, read_npy_split
-from qgen.train import build_model
-
-from helpers import tiny_spec, train_tiny
 
 PROFILE_SIZES = {"cifar": 32, "imagenet": 64}
 
@@ -247,56 +243,3 @@ def test_folder_generation_writes_the_imagenet_layout(tmp_path: Path) -> None:
     assert written == [f"fog/{s}/{label}/a.JPEG" for s in SEVERITIES for label in ("n01", "n02")]
     assert Image.open(out / "fog" / "5" / "n02" / "a.JPEG").size == (64, 64)
     assert folder_problems(out, 2, ("fog",)) == []
-
-
-# --------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tiny_spec(epochs=2), tmp_path_factory.mktemp("tiny"))
-
-
-def independent_loss(run_dir: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Mean per-sample cross-entropy and accuracy by a plain loop, sharing no code with qgen's evaluation."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    from qgen.experiments import RunSpec
-
-    model = build_model(RunSpec.from_dict(metrics["spec"]))
-    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=False)["state_dict"])
-    model.eval()
-    mean, std = data.dataset_info("digits").mean[0], data.dataset_info("digits").std[0]
-    x = (torch.tensor(images, dtype=torch.float32).permute(0, 3, 1, 2) / 255 - mean) / std
-    with torch.no_grad():
-        logits = torch.cat([model(x[i : i + 7]) for i in range(0, len(x), 7)])
-    y = torch.tensor(labels, dtype=torch.int64)
-    losses = F.cross_entropy(logits.double(), y, reduction="none")
-    return float(losses.mean()), float((logits.argmax(1) == y).double().mean())
-
-
-def test_gap_is_corrupted_test_loss_minus_clean_train_loss(tiny_run: Path, tmp_path: Path) -> None:
-    images, labels = digits_test(30)
-    stacks = write_npy_layout(tmp_path / "c", images, labels)
-    rows = evaluate_corruptions(tiny_run, tmp_path / "c", batch_size=8, device="cpu")
-    assert [(r.corruption, r.severity) for r in rows] == [(c, s) for c in CORRUPTIONS for s in SEVERITIES]
-    train_loss = json.loads((tiny_run / "metrics.json").read_text())["train"]["loss"]
-    for row in rows[::7]:
-        k = SEVERITIES.index(row.severity)
-        block = stacks[row.corruption][30 * k : 30 * (k + 1)]
-        loss, accuracy = independent_loss(tiny_run, block, labels)
-        assert row.n == 30 and row.train_loss == train_loss
-        assert row.loss == pytest.approx(loss, rel=1e-5) and row.accuracy == pytest.approx(accuracy)
-        assert row.gap == pytest.approx(loss - train_loss, rel=1e-5, abs=1e-6)
-    assert not (tiny_run / PARTIAL).exists() or json.loads((tiny_run / PARTIAL).read_text())["rows"]
-
-
-def test_evaluation_resumes_from_finished_splits(tiny_run: Path, tmp_path: Path) -> None:
-    images, labels = digits_test(10)
-    write_npy_layout(tmp_path / "c", images, labels)
-    done = {"corruption": "fog", "severity": 2, "n": 10, "loss": 123.0, "accuracy": 0.5}
-    (tiny_run / PARTIAL).write_text(json.dumps({"root": str(tmp_path / "c"), "rows": [done]}))
-    rows = evaluate_corruptions(tiny_run, tmp_path / "c", batch_size=8, device="cpu")
-    fog2 = next(r for r in rows if (r.corruption, r.severity) == ("fog", 2))
-    assert fog2.loss == 123.0 and fog2.gap == 123.0 - fog2.train_loss
-    (tiny_run / PARTIAL).unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qgen.experiments import RunSpec, expand_runs, grid_points, select_runs
+from qgen.experiments import (
+    RunSpec,
+    digest_of,
+    expand_runs,
+    grid_points,
+    select_runs,
+    summary_config,
+    summary_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +144,140 @@ def test_select_runs(paper_config: dict) -> None:
         select_runs(runs, "nin_cifar10", {"colour": "red"})
     with pytest.raises(ValueError, match="no run"):
         select_runs(runs, "nin_cifar10", {"depth": 7})
+
+
+def small_config(**changes: object) -> dict:
+    config = {
+        "code_version": 1,
+        "precisions": ["fp32", "int4"],
+        "experiments": [
+            {
+                "name": "nin_digits",
+                "label": "NiN",
+                "dataset": "digits",
+                "model": "nin",
+                "grid": {
+                    "model": {"depth": [2], "width": [1, 2]},
+                    "optimizer": {"sgd": [0.05]},
+                    "weight_decay": [0.0001],
+                },
+                "epochs": 12,
+                "batch_size": 64,
+                "milestones": [8],
+            },
+            {
+                "name": "resnet18_digits",
+                "label": "ResNet-18",
+                "dataset": "digits",
+                "model": "resnet18_cifar",
+                "grid": {"optimizer": {"sgd": [0.05]}, "weight_decay": [0.0001]},
+                "epochs": 6,
+                "batch_size": 64,
+                "milestones": [4],
+            },
+        ],
+        "tables": {
+            "table1": [{"experiment": "nin_digits"}, {"experiment": "resnet18_digits"}],
+            "table2": [{"experiment": "nin_digits", "where": {"width": 2}}],
+        },
+    }
+    return config | changes
+
+
+def test_duplicate_experiment_names_are_refused_naming_them() -> None:
+    """Issue 10, case 4: two experiments named resnet18_digits (a ResNet-18 and a NiN) used to train and
+    to merge into one Table 1 row."""
+    config = small_config()
+    config["experiments"][0]["name"] = "resnet18_digits"
+    with pytest.raises(
+        ValueError, match=r"2 experiments are named 'resnet18_digits' \(models nin, resnet18_cifar\)"
+    ):
+        expand_runs(config)
+
+
+def test_model_argument_typo_is_refused_before_any_job() -> None:
+    """Issue 10, case 6: `grid: {model: {widht: [1]}}` used to validate and fail inside every job."""
+    config = small_config()
+    config["experiments"][0]["grid"]["model"] = {"widht": [1]}
+    with pytest.raises(
+        ValueError,
+        match=r"experiments\[0\] \(nin_digits\).*'widht' is not an argument of model 'nin'; "
+        "it takes depth, width, base_width",
+    ):
+        expand_runs(config)
+    config["experiments"][0]["grid"]["model"] = {"width": ["1"]}
+    with pytest.raises(ValueError, match=r"width='1' is a str, expected a int"):
+        expand_runs(config)
+
+
+def test_specs_are_resolved_so_equal_runs_have_equal_digests() -> None:
+    (run,) = [
+        r
+        for r in expand_runs(small_config())
+        if r.run_id == "nin_digits/fp32/depth2-width1_sgd-lr0.05_wd0.0001"
+    ]
+    assert run.model_args == {"depth": 2, "width": 1, "base_width": 25}  # the default filled in
+    spelled_out = RunSpec.from_dict(
+        {**run.to_dict(), "model_args": {"width": 1}, "lr": 0.05, "milestones": [8.0]}
+    )
+    assert spelled_out == run and spelled_out.digest == run.digest
+    assert len(run.digest) == 64 and run.short_digest == run.digest[:16]
+    # The digest is that of the canonical JSON, recomputed here independently.
+    canonical = json.dumps(json.loads(run.to_json()), sort_keys=True, separators=(",", ":"))
+    assert run.digest == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"epochs": 13},
+        {"seed": 1},
+        {"milestones": [9]},
+        {"momentum": 0.8},
+        {"n_train": 100},
+        {"code_version": 2},
+        {"model_args": {"depth": 2, "width": 1, "base_width": 24}},
+        {"quantize_first_last": True},
+    ],
+)
+def test_every_setting_that_can_change_the_weights_changes_the_digest(change: dict) -> None:
+    run = expand_runs(small_config())[0]
+    changed = RunSpec.from_dict(run.to_dict() | change)
+    assert changed.run_id == run.run_id and changed.digest != run.digest
+
+
+def test_code_version_enters_every_spec() -> None:
+    runs = expand_runs(small_config(code_version=7))
+    assert {r.code_version for r in runs} == {7}
+
+
+def test_a_one_point_row_matching_several_points_is_an_error() -> None:
+    config = small_config()
+    config["tables"]["table2"] = [{"experiment": "nin_digits", "where": {"depth": 2}}]
+    with pytest.raises(ValueError, match=r"matches 2 grid points \(depth2-width1_sgd.*, depth2-width2_sgd"):
+        summary_rows(summary_config(config, "table2"))
+    config["tables"]["table2"] = [{"experiment": "nin_digits", "where": {"width": 3}}]
+    with pytest.raises(ValueError, match=r"no run of experiment 'nin_digits' matches \{'width': 3\}"):
+        summary_rows(summary_config(config, "table2"))
+
+
+def test_a_summary_slice_holds_exactly_what_defines_the_summary() -> None:
+    config = small_config()
+    table2 = summary_config(config, "table2")
+    assert [e["name"] for e in table2["experiments"]] == ["nin_digits"]
+    (row,) = summary_rows(table2)
+    assert [r.run_id for r in row.runs] == [
+        "nin_digits/fp32/depth2-width2_sgd-lr0.05_wd0.0001",
+        "nin_digits/int4/depth2-width2_sgd-lr0.05_wd0.0001",
+    ]
+    # The slice expands to the very specs of the whole config.
+    whole = {r.run_id: r for r in expand_runs(config)}
+    assert all(whole[r.run_id] == r for r in row.runs)
+    # An experiment the table does not show changes nothing; one it shows changes its digest.
+    other = small_config()
+    other["experiments"][1]["epochs"] = 99
+    assert digest_of(summary_config(other, "table2")) == digest_of(table2)
+    assert digest_of(summary_config(other, "table1")) != digest_of(summary_config(config, "table1"))
+    relabelled = small_config()
+    relabelled["tables"]["table2"][0]["label"] = "NiN (2x2)"
+    assert digest_of(summary_config(relabelled, "table2")) != digest_of(table2)

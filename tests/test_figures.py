@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,11 @@ import pytest
 import torch
 from pypdf import PdfReader
 
-from qgen import figures, files, quant
+from qgen import figures, files, quant, summary
+from qgen.errors import ProvenanceError
+from qgen.experiments import RunSpec, digest_of, summary_config, summary_rows
 from qgen.landscape import Surface
-from qgen.train import build_model
+from qgen.runs import build_model
 
 from helpers import tiny_spec
 
@@ -35,30 +36,71 @@ def assert_valid_figure(pdf: Path, png: Path, min_width: int) -> None:
     assert width >= min_width and height > 100
 
 
-def fake_run(root: Path, precision: str, seed: int) -> Path:
+CONFIG = {
+    "code_version": 1,
+    "precisions": ["fp32", "int8", "int4", "int2"],
+    "experiments": [
+        {
+            "name": "nin_digits",
+            "label": "NiN",
+            "dataset": "digits",
+            "model": "nin",
+            "grid": {
+                "model": {"depth": [2], "width": [2]},
+                "optimizer": {"adam": [0.003]},
+                "weight_decay": [0],
+            },
+            "epochs": 6,
+            "batch_size": 64,
+            "milestones": [5],
+        }
+    ],
+    "figures": {"figure1": [{"experiment": "nin_digits", "label": "NiN (2x2)"}]},
+}
+
+
+def fake_run(runs_root: Path, spec: RunSpec, seed: int) -> Path:
     """A run directory with an untrained model (its steps are the initial ones) and its metrics.json."""
     torch.manual_seed(seed)
-    spec = tiny_spec(precision=precision, model_args={"depth": 2, "width": 2})
     model = build_model(spec)
-    run = root / precision
-    files.save_torch(run / "model.pt", {"spec": spec.to_json(), "epoch": 1, "state_dict": model.state_dict()})
-    files.write_json(run / "metrics.json", {"spec": asdict(spec), "status": "ok"})
+    run = runs_root / spec.run_id
+    provenance = {"spec": spec.to_json(), "run_digest": spec.digest}
+    files.save_torch(run / "model.pt", provenance | {"epoch": 1, "state_dict": model.state_dict()})
+    files.write_json(run / "metrics.json", {"spec": spec.to_dict(), "status": "ok"})
     return run
 
 
 def test_figure1_rows_are_the_checkpoints_steps_in_layer_order(tmp_path: Path) -> None:
-    runs = [fake_run(tmp_path, p, seed) for seed, p in enumerate(("fp32", "int8", "int4", "int2"))]
-    rows = [{"experiment": "nin_digits", "model": "NiN (2x2)", "where": {}}]
-    records = figures.step_size_records([r / "metrics.json" for r in runs], rows)
-    assert {r["precision"] for r in records} == {"int8", "int4", "int2"}  # FP32 has no steps
-    for run in runs[1:]:
-        state = torch.load(run / "model.pt", weights_only=False)["state_dict"]
-        model = build_model(tiny_spec(precision=run.name, model_args={"depth": 2, "width": 2}))
-        model.load_state_dict(state)
-        mine = [(r["layer_index"], r["layer"], r["step_size"]) for r in records if r["precision"] == run.name]
+    sliced = summary_config(CONFIG, "figure1")
+    (row,) = summary_rows(sliced)
+    assert [r.precision for r in row.runs] == ["int8", "int4", "int2"]  # FP32 has no steps
+    runs = [fake_run(tmp_path, spec, seed) for seed, spec in enumerate(row.runs)]
+    records = summary.summarize(sliced, tmp_path, tmp_path / "landscape")
+    assert {r["precision"] for r in records} == {"int8", "int4", "int2"}
+    assert {r["provenance"] for r in records} == {digest_of(sliced)}
+    for run, spec in zip(runs, row.runs, strict=True):
+        model = build_model(spec)
+        model.load_state_dict(torch.load(run / "model.pt", weights_only=True)["state_dict"])
+        mine = [
+            (r["layer_index"], r["layer"], r["step_size"])
+            for r in records
+            if r["precision"] == spec.precision
+        ]
         expected = list(quant.step_sizes(model).items())
         assert [(i, layer, step) for i, (layer, step) in enumerate(expected, 1)] == mine
-        assert all(r["bits"] == quant.bits_of(run.name) for r in records if r["precision"] == run.name)
+        assert all(
+            r["bits"] == quant.bits_of(spec.precision) for r in records if r["precision"] == spec.precision
+        )
+    # A model.pt of another run (here: another seed's spec) is refused, naming it.
+    other = RunSpec.from_dict(row.runs[0].to_dict() | {"seed": 5})
+    fake_run(tmp_path / "foreign", other, 0)
+    (tmp_path / row.runs[0].run_id / "model.pt").write_bytes(
+        (tmp_path / "foreign" / other.run_id / "model.pt").read_bytes()
+    )
+    with pytest.raises(
+        ProvenanceError, match=f"{row.runs[0].run_id}/model.pt was made from another run spec"
+    ):
+        summary.summarize(sliced, tmp_path, tmp_path / "landscape")
 
     figures.plot_step_sizes(records, [tmp_path / "f1.pdf", tmp_path / "f1.png"])
     assert_valid_figure(tmp_path / "f1.pdf", tmp_path / "f1.png", min_width=500)
@@ -81,8 +123,10 @@ def synthetic_surface(precision: str, curvature: float) -> Surface:
         train_size=400,
         cosine=0.01,
         run_id=spec.run_id,
+        run_digest=spec.digest,
         spec=spec.to_json(),
         settings=json.dumps({}),
+        config=json.dumps({}),
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,10 @@ import torch
 from torch.nn import functional as F
 
 from qgen import landscape, quant
+from qgen.errors import CorruptFileError, ProvenanceError
 from qgen.landscape import LandscapeSettings, Surface
-from qgen.measures.run import load_run, training_eval_set
-from qgen.train import build_model
+from qgen.measures.run import training_eval_set
+from qgen.runs import build_model, load_run
 
 from helpers import tiny_spec, train_tiny
 
@@ -45,9 +48,12 @@ def test_directions_are_filter_normalized_and_zero_on_biases_bn_and_steps() -> N
     assert all(torch.equal(direction[k], again[k]) for k in direction)
 
 
+SPEC = tiny_spec(precision="int4", epochs=2)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tiny_spec(precision="int4", epochs=2), tmp_path_factory.mktemp("landscape"))
+    return train_tiny(SPEC, tmp_path_factory.mktemp("landscape"))
 
 
 def _loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -56,9 +62,9 @@ def _loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
 
 
 def test_surface_matches_direct_evaluation_and_leaves_the_model_unchanged(run_dir: Path) -> None:
-    spec, model, _ = load_run(run_dir)
+    model, _ = load_run(run_dir, SPEC)
     settings = LandscapeSettings(points=3, subset=96, seed=7)
-    data, _ = training_eval_set(spec, run_dir.parent / "data", settings.subset, 32, torch.device("cpu"))
+    data, _ = training_eval_set(SPEC, run_dir.parent / "data", settings.subset, 32, torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss, accuracy, cosine = landscape.evaluate_grid(model, data, settings)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -81,23 +87,32 @@ def test_surface_matches_direct_evaluation_and_leaves_the_model_unchanged(run_di
 
 def test_surface_file_holds_grid_seed_and_subset(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "surface.npz"
-    surface = landscape.surface_of_run(
-        run_dir, run_dir.parent / "data", LandscapeSettings(points=3, subset=40, span=(-0.5, 0.5)), out
-    )
+    config = {"points": 3, "subset": 40, "span": [-0.5, 0.5]}
+    surface = landscape.surface_of_run(run_dir, SPEC, run_dir.parent / "data", config, out)
     loaded = Surface.load(out)
+    assert loaded.run_digest == SPEC.digest and json.loads(loaded.config) == config
     np.testing.assert_array_equal(loaded.x, [-0.5, 0.0, 0.5])
     np.testing.assert_array_equal(loaded.loss, surface.loss)
     assert loaded.seed == 123 and len(loaded.subset) == 40 and loaded.train_size == 400
     assert loaded.centre_loss == pytest.approx(float(loaded.loss[1, 1]), rel=1e-5)
-    assert not landscape.checkpoint_path(out).exists()
+    assert list(tmp_path.iterdir()) == [out]  # the row checkpoint is gone
+    with pytest.raises(
+        ProvenanceError, match=r"metrics.json was made from another run spec .*seed: 0 in the file, 1"
+    ):
+        landscape.surface_of_run(
+            run_dir, dataclasses.replace(SPEC, seed=1), run_dir.parent / "data", config, out
+        )
+    out.write_bytes(out.read_bytes()[:300])
+    with pytest.raises(CorruptFileError, match=f"{out} cannot be read as a loss surface"):
+        Surface.load(out)
 
 
 def test_killed_grid_resumes_after_its_finished_rows(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec, model, _ = load_run(run_dir)
+    model, _ = load_run(run_dir, SPEC)
     settings = LandscapeSettings(points=3, subset=32, copies_per_pass=1)
-    data, _ = training_eval_set(spec, run_dir.parent / "data", settings.subset, 32, torch.device("cpu"))
+    data, _ = training_eval_set(SPEC, run_dir.parent / "data", settings.subset, 32, torch.device("cpu"))
     reference, _, _ = landscape.evaluate_grid(model, data, settings)
 
     original = landscape.PerturbedEvaluator.loss_and_accuracy
@@ -110,21 +125,28 @@ def test_killed_grid_resumes_after_its_finished_rows(
             raise KeyboardInterrupt
         return original(self, deltas)
 
-    checkpoint = tmp_path / "s.npz.partial"
+    fingerprint = landscape.grid_fingerprint("run", settings)
+    checkpoint = landscape.checkpoint_path(tmp_path / "s.npz", fingerprint)
     monkeypatch.setattr(landscape.PerturbedEvaluator, "loss_and_accuracy", counted)
     with pytest.raises(KeyboardInterrupt):
-        landscape.evaluate_grid(model, data, settings, checkpoint=checkpoint, identity="run")
+        landscape.evaluate_grid(model, data, settings, checkpoint=checkpoint, fingerprint=fingerprint)
     with np.load(checkpoint) as saved:
         assert int(saved["rows_done"]) == 2 and np.isnan(saved["loss"][2]).all()
 
     calls.clear()
     die_at[0] = 0
-    resumed, _, _ = landscape.evaluate_grid(model, data, settings, checkpoint=checkpoint, identity="run")
+    resumed, _, _ = landscape.evaluate_grid(
+        model, data, settings, checkpoint=checkpoint, fingerprint=fingerprint
+    )
     assert len(calls) == 3
     np.testing.assert_allclose(resumed, reference, rtol=1e-6)
-
-    with pytest.raises(ValueError, match=r"s\.npz\.partial belongs to another model"):
-        landscape.evaluate_grid(model, data, settings, checkpoint=checkpoint, identity="another run")
+    # Another model or grid has its own checkpoint file: it starts afresh and leaves this one alone.
+    assert (
+        landscape.checkpoint_path(tmp_path / "s.npz", landscape.grid_fingerprint("other", settings))
+        != checkpoint
+    )
+    assert landscape.grid_fingerprint("run", LandscapeSettings(points=5)) != fingerprint
+    assert landscape.grid_fingerprint("run", dataclasses.replace(settings, copies_per_pass=3)) == fingerprint
 
 
 @pytest.mark.parametrize(
@@ -142,8 +164,8 @@ def test_bad_settings_are_named(values: dict, message: str) -> None:
 
 def test_batched_copies_give_the_same_surface(run_dir: Path) -> None:
     """A whole row per pass (vmapped copies, the GPU default) equals one point per pass."""
-    spec, model, _ = load_run(run_dir)
-    data, _ = training_eval_set(spec, run_dir.parent / "data", 32, 32, torch.device("cpu"))
+    model, _ = load_run(run_dir, SPEC)
+    data, _ = training_eval_set(SPEC, run_dir.parent / "data", 32, 32, torch.device("cpu"))
     one, acc_one, _ = landscape.evaluate_grid(model, data, LandscapeSettings(points=3, copies_per_pass=1))
     row, acc_row, _ = landscape.evaluate_grid(model, data, LandscapeSettings(points=3, copies_per_pass=3))
     np.testing.assert_allclose(row, one, rtol=1e-4)

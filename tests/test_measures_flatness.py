@@ -23,7 +23,7 @@ from qgen.measures.perturb import (
     t_quantile,
 )
 from qgen.norms import weight_vector
-from qgen.train import build_model
+from qgen.runs import build_model
 
 from helpers import tiny_spec, train_tiny
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from qgen import files, tables
-from qgen.measures import MeasureSettings
-from qgen.measures.run import load_run, measure_run, measured_network
+from qgen.errors import ProvenanceError
+from qgen.measures.run import measure_run, measured_network
 from qgen.norms import weight_vector
+from qgen.runs import load_run
 
 from helpers import compile_latex, tiny_spec, train_tiny
 
@@ -31,7 +32,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quantized_choice_measures_the_folded_quantized_function(run_dir: Path) -> None:
-    _, model, _ = load_run(run_dir)
+    model, _ = load_run(run_dir, SPEC)
     network = measured_network(model, "quantized")
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -43,10 +44,9 @@ def test_quantized_choice_measures_the_folded_quantized_function(run_dir: Path) 
 
 
 def test_measure_record(run_dir: Path, tmp_path: Path) -> None:
-    record = measure_run(
-        run_dir, run_dir.parent / "data", MeasureSettings(**SETTINGS), device="cpu", **OPTIONS
-    )
+    record = measure_run(run_dir, SPEC, run_dir.parent / "data", SETTINGS | OPTIONS, device="cpu")
     assert record["status"] == "ok" and record["run_id"] == SPEC.run_id and record["weights"] == "quantized"
+    assert record["run_digest"] == SPEC.digest and record["measure_settings"] == SETTINGS | OPTIONS
     assert record["m"] == SPEC.n_train and record["evaluated_images"] == 200 and record["eval_subset"] == 200
     assert record["folded_batchnorm"] == 7
     assert set(record["normalized"]) == set(tables.MEASURES)
@@ -63,7 +63,7 @@ def test_diverged_run_is_recorded_without_values(run_dir: Path, tmp_path: Path) 
     shutil.copytree(run_dir, diverged)
     metrics = files.read_json(diverged / "metrics.json") | {"status": "diverged"}
     files.write_json(diverged / "metrics.json", metrics)
-    record = measure_run(diverged, run_dir.parent / "data", MeasureSettings(**SETTINGS), device="cpu")
+    record = measure_run(diverged, SPEC, run_dir.parent / "data", SETTINGS, device="cpu")
     assert record["status"] == "diverged" and "normalized" not in record
 
 
@@ -75,6 +75,8 @@ def test_cli_writes_measures_json_and_rejects_unknown_settings(run_dir: Path, tm
         "measure",
         "--run-dir",
         str(run_dir),
+        "--spec",
+        SPEC.to_json(),
         "--data-root",
         str(run_dir.parent / "data"),
         "--device",
@@ -93,6 +95,21 @@ def test_cli_writes_measures_json_and_rejects_unknown_settings(run_dir: Path, tm
         [*base, "--settings", bad, "--out", str(tmp_path / "bad.json")], capture_output=True, text=True
     )
     assert proc.returncode == 1 and "sampels" in proc.stderr and not (tmp_path / "bad.json").exists()
+
+
+def test_a_run_of_another_spec_is_refused_naming_the_file_and_keys(run_dir: Path, tmp_path: Path) -> None:
+    other = dataclasses.replace(SPEC, seed=3)
+    with pytest.raises(
+        ProvenanceError, match=r"metrics.json was made from another run spec .*seed: 0 in the file, 3"
+    ):
+        measure_run(run_dir, other, run_dir.parent / "data", SETTINGS, device="cpu")
+    # A model.pt copied in from another run is refused even when metrics.json matches.
+    copied = tmp_path / "copied"
+    shutil.copytree(run_dir, copied)
+    other_metrics = files.read_json(copied / "metrics.json") | {"spec": other.to_dict()}
+    files.write_json(copied / "metrics.json", other_metrics)
+    with pytest.raises(ProvenanceError, match=r"model.pt was made from another run spec .*digest"):
+        measure_run(copied, other, run_dir.parent / "data", SETTINGS, device="cpu")
 
 
 def fake_measures(precision: str, scale: float, saturated: bool) -> dict:
@@ -118,9 +135,9 @@ def test_table3_marks_the_lowest_value_and_saturated_searches(tmp_path: Path) ->
     ]
     rows = [{"experiment": "nin_digits", "model": "NiN (2x1)", "where": {}}]
     table = tables.table("table3")
-    tables.write_csv(tmp_path / "t3.csv", table.summarize(results, rows))
+    files.write_csv(tmp_path / "t3.csv", table.summarize(results, rows))
     tex = tables.render(
-        ROOT / "workflow/templates/table3.tex.j2", table.context(tables.read_csv(tmp_path / "t3.csv"))
+        ROOT / "workflow/templates/table3.tex.j2", table.context(files.read_csv(tmp_path / "t3.csv"))
     )
     lines = {p: next(x for x in tex.splitlines() if f"& {p} &" in x) for p in ("FP32", "Int8", "Int2")}
     assert lines["Int8"].count(r"\rule") == 8 and r"\rule" not in lines["FP32"] + lines["Int2"]

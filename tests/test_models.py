@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,7 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
+from qgen.errors import QgenError
 from qgen.models import MODELS, create_model, model_names
+from qgen.models._factory import check_signature
+from qgen.registry import Registry
+from qgen.vocab import MODEL_ARGUMENTS
 
 CIFAR_MODELS = ("mobilenet_v1_cifar", "nin", "resnet18_cifar", "resnet50_cifar", "vgg19_cifar")
 IMAGENET_MODELS = (
@@ -175,8 +180,40 @@ def test_unknown_model_name_lists_the_known_ones() -> None:
 
 @pytest.mark.parametrize(("name", "kwarg"), [("resnet18_cifar", "widht"), ("vgg19_cifar", "pretrained")])
 def test_unknown_keyword_argument_is_named(name: str, kwarg: str) -> None:
-    with pytest.raises(TypeError, match=f"'{kwarg}'"):
+    with pytest.raises(QgenError, match=f"'{kwarg}' is not an argument of model '{name}'"):
         create_model(name, 10, **{kwarg: 1})
+
+
+def test_mistyped_argument_is_named() -> None:
+    with pytest.raises(QgenError, match=r"width='8' is a str, expected a int"):
+        create_model("nin", 10, width="8")
+
+
+def test_torch_free_descriptions_match_every_constructor() -> None:
+    """qgen.vocab describes each model's arguments for the DAG; they must be the constructors' own."""
+    assert set(MODEL_ARGUMENTS) == set(model_names())
+    for name in model_names():
+        parameters = list(inspect.signature(MODELS.get(name)).parameters.values())[1:]
+        assert [(p.name, p.default) for p in parameters] == [
+            (a.name, a.default) for a in MODEL_ARGUMENTS[name]
+        ], name
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters), name
+
+
+def test_a_constructor_that_differs_from_its_description_is_refused() -> None:
+    registry: Registry[nn.Module] = Registry("model", check=check_signature)
+
+    def nin(num_classes: int, *, depth: int = 3) -> nn.Module:  # qgen.vocab says depth=2, width, base_width
+        return nn.Identity()
+
+    def undescribed(num_classes: int) -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(TypeError, match="differ from their description"):
+        registry.register("nin")(nin)
+    with pytest.raises(TypeError, match=r"no description in qgen\.vocab\.MODEL_ARGUMENTS"):
+        registry.register("undescribed")(undescribed)
+    assert registry.names() == []
 
 
 def test_num_classes_must_be_positive() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_train import SHORT, assert_same_run, cli_train
 
+from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import expand_runs, pack_runs
 from qgen.packing import unpack
 
@@ -61,14 +62,23 @@ def test_a_pack_trains_its_runs_to_the_results_of_separate_jobs(tmp_path: Path) 
     assert pack.returncode == 0, pack.stderr
     assert alone.wait(timeout=300) == 0, alone.stdout.read()
     for spec in specs:
-        unpack(tmp_path / "pack.json", spec.run_id, tmp_path / "unpacked" / spec.run_id)
+        unpack(tmp_path / "pack.json", spec, tmp_path / "unpacked" / spec.run_id)
         metrics = json.loads((tmp_path / "unpacked" / spec.run_id / "metrics.json").read_text())
         assert metrics["run_id"] == spec.run_id and metrics["status"] == "ok"
     assert_same_run(tmp_path / "alone" / "out", tmp_path / "unpacked" / specs[0].run_id)
 
 
-def test_unpacking_a_run_the_manifest_lacks_names_both(tmp_path: Path) -> None:
+def test_unpacking_a_run_the_manifest_lacks_or_of_another_spec_is_refused(tmp_path: Path) -> None:
+    spec = dataclasses.replace(SHORT, epochs=2)
     manifest = tmp_path / "pack.json"
-    manifest.write_text(json.dumps({"schema_version": 1, "runs": {"a/fp32/p": str(tmp_path)}}))
-    with pytest.raises(KeyError, match=r"pack.json does not list run 'b/fp32/p'; it holds \['a/fp32/p'\]"):
-        unpack(manifest, "b/fp32/p", tmp_path / "out")
+    entry = {"dir": str(tmp_path), "digest": spec.digest}
+    manifest.write_text(json.dumps({"schema_version": 2, "runs": {"a/fp32/p": entry}}))
+    with pytest.raises(
+        QgenError, match=rf"pack.json does not list run '{spec.run_id}'; it holds \['a/fp32/p'\]"
+    ):
+        unpack(manifest, spec, tmp_path / "out")
+    stale = {"dir": str(tmp_path), "digest": dataclasses.replace(spec, epochs=3).digest}
+    manifest.write_text(json.dumps({"schema_version": 2, "runs": {spec.run_id: stale}}))
+    with pytest.raises(ProvenanceError, match=r"pack\.json was made from another run spec"):
+        unpack(manifest, spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

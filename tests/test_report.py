@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qgen import report, tables
+from qgen import files, report, summary, tables
 from qgen.cli import main
+from qgen.experiments import digest_of
 from qgen.report import FAIL, NOT_RUN, PASS, Value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ def test_corruption_claim_gives_fractions_per_model_and_overall() -> None:
 
 
 def write(path: Path, rows: list[dict]) -> Path:
-    tables.write_csv(path, rows)
+    files.write_csv(path, rows)
     return path
 
 
@@ -221,7 +222,7 @@ def table4_summary(tmp_path: Path) -> Path:
 
 
 def test_our_table4_meets_the_papers_cells_and_its_claims(tmp_path: Path) -> None:
-    ours = report.read_summary("table4", table4_summary(tmp_path))
+    ours = report.values_of("table4", files.read_csv(table4_summary(tmp_path)))
     section = report.compare(paper("table4"), ours, [], "table4")
     assert section["reproduced"] == 8 and section["cells"] == 900
     [group] = section["compared"]
@@ -235,11 +236,14 @@ def test_our_table4_meets_the_papers_cells_and_its_claims(tmp_path: Path) -> Non
     assert verdict == report.Verdict(PASS, "4 of 6 cells (66.7%) below FP32; needs more than 50%")
 
 
-def table1_summary(tmp_path: Path) -> Path:
+TABLE1_CONFIG = {"summary": "table1", "rows": [], "experiments": [], "precisions": [], "settings": {}}
+
+
+def table1_summary(tmp_path: Path, diverged: int = 0) -> Path:
     rows = []
     for i, precision in enumerate(PRECISIONS):
         row = {"experiment": "nin_cifar10", "dataset": "CIFAR-10", "model": "NiN", "precision": precision}
-        row |= {"n_runs": 243, "n_diverged": 0}
+        row |= {"n_runs": 243, "n_diverged": diverged if precision == "int2" else 0}
         for q, v in (
             ("train_acc", 97.0),
             ("test_acc", 88.0),
@@ -250,11 +254,12 @@ def table1_summary(tmp_path: Path) -> Path:
         row |= {"gap_mean": 0.3 - i / 10, "gap_std": 0.01}
         rows.append(row)
     rows.append(rows[0] | {"experiment": "nin_digits", "dataset": "Digits"})
-    return write(tmp_path / "table1.csv", rows)
+    summary.write_config(tmp_path / "table1.config.json", TABLE1_CONFIG)
+    return write(tmp_path / "table1.csv", [row | {"provenance": digest_of(TABLE1_CONFIG)} for row in rows])
 
 
 def test_report_cli_writes_markdown_and_html(tmp_path: Path) -> None:
-    csv_path = table1_summary(tmp_path)
+    csv_path = table1_summary(tmp_path, diverged=243)
     out = [tmp_path / "reproduction.md", tmp_path / "reproduction.html"]
     argv = [
         "report",
@@ -263,7 +268,8 @@ def test_report_cli_writes_markdown_and_html(tmp_path: Path) -> None:
         "--notes",
         str(PAPER / "notes.yaml"),
     ]
-    argv += ["--results", f"table1={csv_path}", "--templates", *map(str, TEMPLATES), "--out", *map(str, out)]
+    argv += ["--results", f"table1={csv_path}", "--configs", f"table1={tmp_path / 'table1.config.json'}"]
+    argv += ["--templates", *map(str, TEMPLATES), "--out", *map(str, out)]
     assert main(argv) == 0
     md, html = (p.read_text() for p in out)
     assert "Table 1: generalization gaps: 20 of 100 published cells reproduced." in md
@@ -275,4 +281,19 @@ def test_report_cli_writes_markdown_and_html(tmp_path: Path) -> None:
     )
     assert "VVTQ" in md and "243 is 972" in md and "1.474" in md
     assert '<td class="NOT-RUN"><b>NOT RUN</b></td>' in html and "<html" in html and "&lt;" not in md
+    assert "- Table 1, CIFAR-10 NiN Int2: 243 of 243 runs diverged" in md
+    assert "<li>Table 1, CIFAR-10 NiN Int2: 243 of 243 runs diverged</li>" in html
     assert main([arg.replace("table1=", "table9=") for arg in argv]) == 1
+
+
+def test_report_refuses_a_summary_of_another_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A table can never be rendered from a summary that is not exactly the configured one."""
+    csv_path = table1_summary(tmp_path)
+    argv = ["report", "--paper", str(PAPER / "table1.csv"), "--notes", str(PAPER / "notes.yaml")]
+    summary.write_config(tmp_path / "other.json", TABLE1_CONFIG | {"rows": [{"experiment": "x"}]})
+    argv += ["--results", f"table1={csv_path}", "--configs", f"table1={tmp_path / 'other.json'}"]
+    argv += ["--templates", *map(str, TEMPLATES), "--out", str(tmp_path / "r.md"), str(tmp_path / "r.html")]
+    assert main(argv) == 1
+    message = caplog.text
+    assert f"{csv_path} summarises other runs or settings than the config asks for" in message
+    assert not (tmp_path / "r.md").exists()

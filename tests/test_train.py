@@ -15,16 +15,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from qgen import data, quant
+from qgen import data, files, quant
 from qgen.distributed import Replicas
+from qgen.errors import LockedError, ProvenanceError
 from qgen.experiments import RunSpec
+from qgen.runs import build_model, load_model, tensors_digest
 from qgen.train import (
     EXIT_STOPPED,
     STOP_SIGNALS,
     Checkpointer,
     Stopped,
-    build_model,
     build_optimizer,
+    state_dir,
     train,
 )
 
@@ -65,9 +67,14 @@ def cli_train(spec: RunSpec, tmp: Path, name: str, *options: str) -> subprocess.
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def state_file(tmp: Path, name: str, spec: RunSpec) -> Path:
+    """Where ``cli_train(spec, tmp, name)`` keeps its resume state."""
+    return state_dir(tmp / name / "ckpt", spec) / "state.pt"
+
+
 def saved_epoch(state: Path) -> int:
     try:
-        return torch.load(state, map_location="cpu", weights_only=False)["epoch"]
+        return torch.load(state, map_location="cpu", weights_only=True)["epoch"]
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0
 
@@ -77,7 +84,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
     victim = cli_train(SPEC, tmp_path, "victim")
-    state = tmp_path / "victim" / "ckpt" / "state.pt"
+    state = state_file(tmp_path, "victim", SPEC)
     deadline = time.monotonic() + 240
     while saved_epoch(state) < 2 and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -92,8 +99,8 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert resumed.returncode == 0, log
     assert f"resuming after epoch {killed_at} of {SPEC.epochs}" in log
 
-    ref = torch.load(tmp_path / "reference" / "out" / "model.pt", weights_only=False)["state_dict"]
-    got = torch.load(tmp_path / "victim" / "out" / "model.pt", weights_only=False)["state_dict"]
+    ref = torch.load(tmp_path / "reference" / "out" / "model.pt", weights_only=True)["state_dict"]
+    got = torch.load(tmp_path / "victim" / "out" / "model.pt", weights_only=True)["state_dict"]
     assert ref.keys() == got.keys()
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
@@ -131,9 +138,7 @@ def test_metrics_record_the_selected_epoch_and_the_run(finished: tuple[Path, dic
 def test_saved_model_reproduces_the_reported_train_and_test_metrics(finished: tuple[Path, dict]) -> None:
     """Independent re-evaluation of model.pt with a plain loop over the raw split."""
     tmp, metrics = finished
-    model = build_model(SPEC)
-    model.load_state_dict(torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"])
-    model.eval()
+    model = load_model(tmp / "out" / "model.pt", SPEC)
     for split, n in (("train", SPEC.n_train), ("test", SPEC.n_test)):
         loader = data.build_loader(
             "digits",
@@ -157,8 +162,8 @@ def test_init_weights_are_the_weights_before_training(finished: tuple[Path, dict
     tmp, _ = finished
     torch.manual_seed(SPEC.seed)
     fresh = build_model(SPEC).state_dict()
-    init = torch.load(tmp / "out" / "init.pt", weights_only=False)["state_dict"]
-    trained = torch.load(tmp / "out" / "model.pt", weights_only=False)["state_dict"]
+    init = torch.load(tmp / "out" / "init.pt", weights_only=True)["state_dict"]
+    trained = torch.load(tmp / "out" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(fresh[k], init[k]) for k in fresh)
     assert not torch.equal(
         init["blocks.1.conv1.parametrizations.weight.original"],
@@ -172,11 +177,97 @@ def test_finished_run_is_not_retrained(finished: tuple[Path, dict]) -> None:
     assert again["history"] == metrics["history"] and again["train"] == metrics["train"]
 
 
-def test_checkpoint_of_another_configuration_is_refused(finished: tuple[Path, dict]) -> None:
+def test_every_output_records_the_spec_and_loads_without_code(finished: tuple[Path, dict]) -> None:
+    tmp, metrics = finished
+    assert metrics["run_digest"] == SPEC.digest
+    for name in ("model.pt", "init.pt"):
+        saved = torch.load(tmp / "out" / name, map_location="cpu", weights_only=True)
+        assert saved["run_digest"] == SPEC.digest and json.loads(saved["spec"]) == SPEC.to_dict()
+    state = torch.load(state_dir(tmp / "ckpt", SPEC) / "state.pt", map_location="cpu", weights_only=True)
+    assert state["spec"] == SPEC.to_json() and state["epoch"] == SPEC.epochs
+    assert json.loads((state_dir(tmp / "ckpt", SPEC) / "spec.json").read_text())["digest"] == SPEC.digest
+
+
+@pytest.mark.parametrize("change", [{"epochs": 2}, {"code_version": 2}, {"seed": 1}, {"momentum": 0.5}])
+def test_a_changed_setting_trains_afresh_and_leaves_the_old_state_intact(
+    finished: tuple[Path, dict], tmp_path: Path, change: dict
+) -> None:
+    """Issue 10, cases 1, 2 and 7: a bumped code_version used to resume the old run's finished state; a
+    seed changed after a kill kept the old seed's init.pt; any other change failed every job."""
     tmp, _ = finished
+    old_state = state_dir(tmp / "ckpt", SPEC) / "state.pt"
+    before = old_state.read_bytes()
+    other = RunSpec.from_dict(SPEC.to_dict() | change | {"epochs": 2})
+    metrics = train(
+        other, data_root=tmp / "data", out_dir=tmp_path / "out", ckpt_dir=tmp / "ckpt", device="cpu"
+    )
+    assert metrics["run_digest"] == other.digest != SPEC.digest
+    assert len(metrics["history"]) == 2 and state_dir(tmp / "ckpt", other) != state_dir(tmp / "ckpt", SPEC)
+    assert old_state.read_bytes() == before
+    torch.manual_seed(other.seed)
+    fresh = build_model(other).state_dict()
+    init = load_model(tmp_path / "out" / "init.pt", other).state_dict()
+    assert all(torch.equal(fresh[k], init[k]) for k in fresh)
+
+
+def test_state_of_another_spec_or_other_initial_weights_is_refused(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    tmp, _ = finished
+    state = torch.load(state_dir(tmp / "ckpt", SPEC) / "state.pt", map_location="cpu", weights_only=True)
     other = dataclasses.replace(SPEC, lr=0.01)
-    with pytest.raises(ValueError, match="different run configuration"):
-        train(other, data_root=tmp / "data", out_dir=tmp / "x", ckpt_dir=tmp / "ckpt", device="cpu")
+    forged = state_dir(tmp_path / "ckpt", other)
+    files.save_torch(forged / "state.pt", state)
+    with pytest.raises(ProvenanceError, match=f"{forged}/state.pt holds the state of another run spec"):
+        train(other, data_root=tmp / "data", out_dir=tmp_path / "x", ckpt_dir=tmp_path / "ckpt", device="cpu")
+    files.save_torch(forged / "state.pt", state | {"spec": other.to_json(), "init_digest": "0" * 64})
+    with pytest.raises(ProvenanceError, match=f"initial weights rebuilt from seed 0 differ.*delete {forged}"):
+        train(other, data_root=tmp / "data", out_dir=tmp_path / "x", ckpt_dir=tmp_path / "ckpt", device="cpu")
+    assert not (tmp_path / "x").exists()
+
+
+def test_initial_weights_digest_is_that_of_the_rebuilt_model() -> None:
+    torch.manual_seed(SPEC.seed)
+    one = build_model(SPEC).state_dict()
+    torch.manual_seed(SPEC.seed)
+    assert tensors_digest(one) == tensors_digest(build_model(SPEC).state_dict())
+    changed = {k: v.clone() for k, v in one.items()}
+    next(iter(changed.values())).view(-1)[0] += 1e-6
+    assert tensors_digest(changed) != tensors_digest(one)
+
+
+def test_truncated_state_is_refused_naming_it_and_the_remedy(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Issue 10, case 3: a truncated checkpoint failed with 'PytorchStreamReader failed ...' naming
+    neither the file nor the fix, or (init.pt) was copied on."""
+    tmp, _ = finished
+    broken = state_dir(tmp_path / "ckpt", SPEC) / "state.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes((state_dir(tmp / "ckpt", SPEC) / "state.pt").read_bytes()[:5000])
+    proc = cli_train(SPEC, tmp_path, "", "--data-root", str(tmp / "data"))
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, log
+    assert f"{broken} cannot be read as a checkpoint" in log
+    assert f"delete {broken.parent} to restart this run from scratch" in log and "Traceback" not in log
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_trainer_of_the_same_run_stops_at_once(finished: tuple[Path, dict], tmp_path: Path) -> None:
+    tmp, _ = finished
+    with files.exclusive_lock(tmp_path / "ckpt", "run under test"):
+        started = time.monotonic()
+        proc = cli_train(SPEC, tmp_path, "", "--data-root", str(tmp / "data"))
+        log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, log
+    assert f"run {SPEC.run_id} is locked by pid {os.getpid()} on" in log and "Traceback" not in log
+    assert time.monotonic() - started < 60 and not (tmp_path / "out").exists()
+    with (
+        pytest.raises(LockedError, match="other is locked by pid"),
+        files.exclusive_lock(tmp_path / "a", "one"),
+        files.exclusive_lock(tmp_path / "a", "other"),
+    ):
+        pass
 
 
 def test_diverged_run_is_recorded_not_raised(tmp_path: Path) -> None:
@@ -236,7 +327,7 @@ SHORT = dataclasses.replace(SPEC, epochs=3, milestones=[2], n_train=384)  # 6 ba
 def saved_progress(state: Path) -> tuple[int, int]:
     """``(epoch, batch)`` of the last checkpoint: epochs completed and batches into the next one."""
     try:
-        saved = torch.load(state, map_location="cpu", weights_only=False)
+        saved = torch.load(state, map_location="cpu", weights_only=True)
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0, 0
     return saved["epoch"], saved["progress"]["batch"]
@@ -244,8 +335,8 @@ def saved_progress(state: Path) -> tuple[int, int]:
 
 def assert_same_run(reference: Path, got: Path) -> None:
     """Equal weights and metrics (up to throughput and wall time) in two run output directories."""
-    ref = torch.load(reference / "model.pt", weights_only=False)["state_dict"]
-    new = torch.load(got / "model.pt", weights_only=False)["state_dict"]
+    ref = torch.load(reference / "model.pt", weights_only=True)["state_dict"]
+    new = torch.load(got / "model.pt", weights_only=True)["state_dict"]
     assert ref.keys() == new.keys()
     for key in ref:
         assert torch.equal(ref[key], new[key]), key
@@ -269,7 +360,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_and_wait_mid_epoch(tmp: Path) -> tuple[subprocess.Popen, Path]:
     """A training subprocess checkpointing after every batch, once it is a few batches into epoch 2+."""
     proc = cli_train(SHORT, tmp, "victim", "--checkpoint-minutes", "0.00001")
-    state = tmp / "victim" / "ckpt" / "state.pt"
+    state = state_file(tmp, "victim", SHORT)
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         epoch, batch = saved_progress(state)
@@ -294,12 +385,16 @@ def test_run_killed_inside_an_epoch_resumes_to_the_same_result(tmp_path: Path, r
     assert_same_run(reference_run, tmp_path / "victim" / "out")
 
 
-def test_sigterm_checkpoints_then_exits_for_a_retry(tmp_path: Path, reference_run: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_then_exits_for_a_retry(
+    tmp_path: Path, reference_run: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM (scancel, preemption) and SIGINT (Ctrl-C) both checkpoint; the resumed run is bit-identical."""
     victim, state = start_and_wait_mid_epoch(tmp_path)
-    victim.send_signal(signal.SIGTERM)
+    victim.send_signal(sig)
     log = victim.communicate(timeout=60)[0]
     assert victim.returncode == EXIT_STOPPED, log
-    assert "stopped on SIGTERM after checkpointing" in log and "Traceback" not in log
+    assert f"stopped on {sig.name} after checkpointing" in log and "Traceback" not in log
     assert not (tmp_path / "victim" / "out" / "metrics.json").exists()
     epoch, batch = saved_progress(state)
 

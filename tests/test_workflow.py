@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qgen import tables
+from qgen import files, tables
 
 from helpers import compile_latex, requires_pdflatex
 
@@ -96,7 +96,8 @@ def test_dry_run_of_the_demo_profile_plans_the_readme_outputs() -> None:
     jobs = planned_jobs(proc.stdout + proc.stderr)
     demo = yaml.safe_load((ROOT / "profiles" / "demo" / "experiments.yaml").read_text())
     assert jobs["train"] == expected_train_jobs(demo)
-    assert jobs["render_table"] == jobs["summarize_table"] == 4  # Tables 1, 2, 3 and 5
+    assert jobs["render_table"] == 4  # Tables 1, 2, 3 and 5
+    assert jobs["summarize"] == 4 + 2  # and Figures 1 and 2
     assert jobs["figure1"] == jobs["figure2"] == jobs["report"] == 1 and jobs["landscape"] == 4
 
 
@@ -107,7 +108,7 @@ def test_table2_target_plans_only_its_own_runs() -> None:
     assert (
         jobs["train"] + jobs["train_distributed"] == 10 * 4
         and jobs["render_table"] == 1
-        and jobs["summarize_table"] == 1
+        and jobs["summarize"] == 1
     )
 
 
@@ -136,8 +137,46 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path: Path, edit, na
     proc = snakemake("-n", "--configfile", str(bad))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "Error validating config file" in output and named in output
+    assert f"the config ({bad} + config.yaml) is invalid:" in output and named in output
     assert "rule train" not in output
+    assert len(output.splitlines()) < 15, output  # one line per problem, not the schema dump
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (
+            lambda c: c["experiments"][0]["grid"]["model"].update(widht=[1]),
+            "experiments[0] (nin_cifar10): model_args / grid.model: 'widht' is not an argument of model "
+            "'nin'; it takes depth, width, base_width",
+        ),
+        (
+            lambda c: c["experiments"][3].update(name="resnet18_cifar10"),
+            "2 experiments are named 'resnet18_cifar10' (models resnet18_cifar, resnet50_cifar)",
+        ),
+        (
+            lambda c: c["tables"]["table2"][0]["where"].pop("width"),
+            "tables.table2: row {experiment: nin_cifar10, where: {'depth': 4, 'lr': 0.1, 'optimizer': 'sgd', "
+            "'weight_decay': 0.0001}} matches 3 grid points",
+        ),
+        (
+            lambda c: c["tables"]["table3"][0]["where"].update(depth=7),
+            "tables.table3: no run of experiment 'nin_cifar10' matches",
+        ),
+    ],
+    ids=["model-argument-typo", "duplicate-experiment-name", "row-of-several-points", "row-of-no-point"],
+)
+def test_what_the_schema_cannot_say_fails_before_any_job(tmp_path: Path, edit, named: str) -> None:
+    """Issue 10, cases 4 and 6: a duplicated experiment name and a model-argument typo used to validate,
+    then merge two models into one table row, or fail inside every job with a traceback."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    edit(config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    proc = snakemake("-n", "--configfile", str(bad))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and named in output, output[-3000:]
+    assert "rule train" not in output and len(output.splitlines()) < 15, output
 
 
 MINI_CONFIG = {
@@ -242,7 +281,7 @@ def test_end_to_end_table5_holds_the_corruption_gaps(mini_run: Path) -> None:
     assert manifest["source"] == "generated" and manifest["images_per_severity"] == 20
     table5 = (mini_run / "paper_tables" / "table5.tex").read_text()
     for path in mini_run.glob("results/runs/*/*/*/corruptions.csv"):
-        rows = tables.read_csv(path)
+        rows = files.read_csv(path)
         assert len(rows) == 75 and all(r["n"] == 20 for r in rows)
         if "/fp32/" in str(path):
             fog = [r["gap"] for r in rows if r["corruption"] == "fog"]
@@ -255,7 +294,7 @@ def test_end_to_end_figure1_and_report(mini_run: Path) -> None:
         p.parent.parent.name: json.loads(p.read_text())
         for p in mini_run.glob("results/runs/*/*/*/metrics.json")
     }
-    steps = tables.read_csv(mini_run / "paper_tables" / "figure1.csv")
+    steps = files.read_csv(mini_run / "paper_tables" / "figure1.csv")
     assert {r["precision"] for r in steps} == {"int8", "int4", "int2"}
     for r in steps:
         assert r["step_size"] == pytest.approx(metrics[r["precision"]]["step_sizes"][r["layer"]])
@@ -273,7 +312,7 @@ def test_figures_and_report_targets_plan_their_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
     assert jobs["landscape"] == 4 and jobs["figure2"] == jobs["figure1"] == jobs["report"] == 1
-    assert jobs["summarize_table"] == 4  # Tables 1-4: those the report compares with the paper
+    assert jobs["summarize"] == 4 + 2  # Tables 1-4 (those the report compares with the paper), Figures 1-2
 
 
 def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: Path) -> None:
@@ -284,6 +323,79 @@ def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: 
     assert planned_jobs(proc.stdout + proc.stderr) == {"render_table": 1}
     assert snakemake("paper_tables/table2.tex", *args, cwd=mini_run).returncode == 0
     assert (mini_run / "paper_tables" / "table2.tex").exists()
+
+
+def run_here(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return snakemake("--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), *args, cwd=workdir)
+
+
+def test_a_code_version_bump_retrains_every_run(mini_run: Path) -> None:
+    """Issue 10, case 1: `code_version: 2` used to resume the finished runs in 0.1 s with the old weights."""
+    proc = run_here(mini_run, "-n", "--quiet", "rules", "--config", "code_version=2", "allow_training=True")
+    jobs = planned_jobs(proc.stdout + proc.stderr)
+    assert jobs["train"] == 4 and jobs["summarize"] == 5 and jobs["render_table"] == 4
+
+
+def copied(mini_run: Path, tmp_path: Path, config: dict) -> Path:
+    """Issue 10, case 5: results/ and paper_tables/ copied with `cp -a` into a fresh directory, without
+    Snakemake's .snakemake/ metadata (as a user would copy them to build tables elsewhere)."""
+    workdir = tmp_path / "copy"
+    workdir.mkdir()
+    for name in ("results", "paper_tables", "data"):
+        subprocess.run(["cp", "-a", str(mini_run / name), str(workdir / name)], check=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+def test_a_copied_results_dir_trains_a_new_experiment_of_a_table(mini_run: Path, tmp_path: Path) -> None:
+    """Issue 10, case 5: the copy used to plan only render_table, rendering Table 1 from its stale summary."""
+    config = json.loads(json.dumps(MINI_CONFIG))
+    config["experiments"].append(
+        config["experiments"][0] | {"name": "nin_digits_b", "label": "NiN-b", "epochs": 1}
+    )
+    config["tables"]["table1"].append({"experiment": "nin_digits_b"})
+    workdir = copied(mini_run, tmp_path, config)
+    proc = run_here(workdir, "paper_tables/table1.tex", "--cores", "1", "--config", "allow_training=True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("rule train:") == 4 and "rule summarize:" in proc.stderr
+    table1 = (workdir / "paper_tables" / "table1.tex").read_text()
+    assert "NiN-b & FP32 & 1 & 0" in table1 and "NiN & FP32 & 1 & 0" in table1
+
+
+def test_a_copied_results_dir_refuses_runs_of_a_changed_spec(mini_run: Path, tmp_path: Path) -> None:
+    """Issue 10, case 7 without metadata: Snakemake cannot see the change, qgen refuses the stale runs by name
+    and says how to rebuild them; the table is never rendered from them."""
+    config = json.loads(json.dumps(MINI_CONFIG))
+    config["experiments"][0]["epochs"] = 3
+    workdir = copied(mini_run, tmp_path, config)
+    before = (workdir / "paper_tables" / "table2.tex").read_text()
+    proc = run_here(workdir, "paper_tables/table2.tex", "--cores", "1", "--config", "allow_training=True")
+    assert proc.returncode != 0
+    log = (workdir / "logs" / "summary" / "table2.log").read_text()
+    assert "4 of the 4 results table2 needs were made from other specs" in log
+    assert "epochs: 2 in the file, 3 in the config" in log and "snakemake --forcerun train" in log
+    assert (workdir / "paper_tables" / "table2.tex").read_text() == before
+    # The remedy the message gives: the four runs train afresh, then the table is rendered from them.
+    proc = run_here(
+        workdir,
+        "paper_tables/table2.tex",
+        "--cores",
+        "1",
+        "--forcerun",
+        "train",
+        "--config",
+        "allow_training=True",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(p.read_text()) for p in workdir.glob("results/runs/*/*/*/metrics.json")]
+    assert {len(m["history"]) for m in metrics} == {3}
+    norms = " & ".join(
+        f"{m['weight_norm']:.3f}"
+        for p in ("int2", "int4", "int8", "fp32")
+        for m in metrics
+        if m["spec"]["precision"] == p
+    )
+    assert f"Digits & NiN (2x1) & {norms} \\\\" in (workdir / "paper_tables" / "table2.tex").read_text()
 
 
 @requires_pdflatex

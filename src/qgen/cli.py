@@ -9,6 +9,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qgen import __version__
+from qgen.errors import QgenError
+from qgen.vocab import PRECISION_LABELS
+
+if TYPE_CHECKING:
+    from qgen.experiments import RunSpec
 
 log = logging.getLogger("qgen")
 
@@ -25,17 +33,15 @@ def _download(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import torch
 
-    from qgen.experiments import RunSpec
     from qgen.train import EXIT_STOPPED, Stopped, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if int(os.environ.get("RANK", "0")) > 0:  # data-parallel peers: rank 0 reports the progress
         logging.getLogger().setLevel(logging.WARNING)
-    spec = RunSpec.from_dict(json.loads(args.spec))
     try:
         train(
-            spec,
+            _spec(args),
             data_root=args.data_root,
             out_dir=args.out,
             ckpt_dir=args.ckpt_dir,
@@ -69,100 +75,122 @@ def _train_many(args: argparse.Namespace) -> None:
 def _unpack(args: argparse.Namespace) -> None:
     from qgen.packing import unpack
 
-    unpack(args.manifest, args.run, args.out)
+    unpack(args.manifest, _spec(args), args.out)
 
 
-RUN_OPTIONS = ("weights", "eval_subset", "batch_size", "curvature", "curvature_iters", "curvature_samples")
+def _spec(args: argparse.Namespace) -> RunSpec:
+    """The run spec of ``--spec`` (JSON of a :class:`qgen.experiments.RunSpec`)."""
+    from qgen.experiments import RunSpec
+
+    try:
+        return RunSpec.from_dict(json.loads(args.spec))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise QgenError(f"--spec is not the JSON of a run spec: {error}") from None
 
 
 def _measure(args: argparse.Namespace) -> None:
     import torch
 
     from qgen import files
-    from qgen.experiments import require_known_keys
-    from qgen.measures import MeasureSettings
     from qgen.measures.run import measure_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = json.loads(args.settings)
-    run_options = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
-    require_known_keys(MeasureSettings, options, "measure setting(s)")
     record = measure_run(
-        args.run_dir, args.data_root, MeasureSettings(**options), device=args.device, **run_options
+        args.run_dir, _spec(args), args.data_root, json.loads(args.settings), device=args.device
     )
     files.write_json(args.out, record)
     log.info("wrote %s", args.out)
 
 
 def _summarize(args: argparse.Namespace) -> None:
-    from qgen import tables
+    from qgen import files, summary
 
-    rows = json.loads(args.rows)
-    records = tables.table(args.table).summarize(tables.load_results(args.results), rows)
-    tables.write_csv(args.out, records)
+    sliced = summary.read_config(args.config, args.name)
+    records = summary.summarize(sliced, args.runs_root, args.landscape_root)
+    files.write_csv(args.out, records)
     log.info("wrote %s (%d rows)", args.out, len(records))
 
 
 def _render(args: argparse.Namespace) -> None:
-    from qgen import files, tables
+    from qgen import files, summary, tables
 
-    context = tables.table(args.table).context(tables.read_csv(args.csv))
-    files.write_text(args.out, tables.render(args.template, context))
+    records = summary.read_summary(args.csv, args.config, args.table)
+    context = tables.table(args.table).context(records)
+    source = f"{args.csv} (config digest {records[0][summary.PROVENANCE]})"
+    files.write_text(args.out, tables.render(args.template, context, source))
     log.info("wrote %s", args.out)
 
 
 def _landscape(args: argparse.Namespace) -> None:
     import torch
 
-    from qgen.landscape import LandscapeSettings, surface_of_run
+    from qgen.landscape import surface_of_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = LandscapeSettings.from_dict(json.loads(args.settings))
-    surface_of_run(args.run_dir, args.data_root, settings, args.out, device=args.device)
-
-
-def _step_sizes(args: argparse.Namespace) -> None:
-    from qgen import figures, tables
-
-    records = figures.step_size_records(args.metrics, json.loads(args.rows))
-    tables.write_csv(args.out, records)
-    log.info("wrote %s (%d layers)", args.out, len(records))
+    surface_of_run(
+        args.run_dir, _spec(args), args.data_root, json.loads(args.settings), args.out, device=args.device
+    )
 
 
 def _figure1(args: argparse.Namespace) -> None:
-    from qgen import figures, tables
+    from qgen import figures, files, summary
 
-    figures.plot_step_sizes(tables.read_csv(args.csv), args.out)
+    records = summary.read_summary(args.csv, args.config, "figure1")
+    figures.plot_step_sizes(records, args.out)
+    files.write_csv(args.data, records)
 
 
 def _figure2(args: argparse.Namespace) -> None:
-    from qgen import figures, tables
+    from qgen import figures, files, summary
     from qgen.landscape import Surface
+    from qgen.provenance import require_digest
 
-    surfaces = [Surface.load(path) for path in args.surfaces]
-    records = [figures.surface_record(s, args.label) for s in surfaces]
+    records = summary.read_summary(args.csv, args.config, "figure2")
+    by_run = {r["run_id"]: r for r in records}
+    surfaces = []
+    for path in args.surfaces:
+        surface = Surface.load(path)
+        if surface.run_id not in by_run:
+            raise QgenError(f"{path}: run {surface.run_id} is not one of {args.csv}'s {sorted(by_run)}")
+        require_digest(
+            path, f"run of {surface.run_id}", surface.run_digest, by_run[surface.run_id]["run_digest"]
+        )
+        surfaces.append(surface)
     for r in records:
         log.info("%s: centre loss %.4f, mean rise %.4f", r["run_id"], r["centre_loss"], r["mean_rise"])
-    tables.write_csv(args.csv, records)
-    labels = [tables.PRECISION_LABELS[r["precision"]] for r in records]
+    labels = [PRECISION_LABELS[by_run[s.run_id]["precision"]] for s in surfaces]
     figures.plot_surfaces(surfaces, labels, args.out, zmax=args.zmax)
+    files.write_csv(args.data, records)
+
+
+def _named(items: Sequence[str], option: str, names: Sequence[str]) -> dict[str, str]:
+    """``NAME=VALUE`` items as a dict, every NAME one of ``names``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in names:
+            raise QgenError(f"{option} {item!r}: expected NAME=VALUE with NAME one of {list(names)}")
+        out[name] = value
+    return out
 
 
 def _report(args: argparse.Namespace) -> None:
-    from qgen import files, report
+    from qgen import files, report, summary
 
     sources: dict[str, list[report.Value] | None] = dict.fromkeys(report.SOURCES)
-    for item in args.results:
-        name, sep, path = item.partition("=")
-        if not sep or name not in sources:
-            raise ValueError(
-                f"--results {item!r}: expected NAME=PATH with NAME one of {list(report.SOURCES)}"
-            )
-        sources[name] = report.read_summary(name, path)
+    paths = _named(args.results, "--results", report.SOURCES)
+    configs = _named(args.configs, "--configs", report.SOURCES)
+    diverged: list[str] = []
+    for name, path in paths.items():
+        if name not in configs:
+            raise QgenError(f"--results {name}={path} has no --configs {name}=<config slice file>")
+        rows = summary.read_summary(path, configs[name], name)
+        sources[name] = report.values_of(name, rows)
+        diverged += report.diverged(name, rows)
     cells = [cell for path in args.paper for cell in report.read_paper_table(path)]
-    context = report.build_context(cells, sources, report.read_notes(args.notes))
+    context = report.build_context(cells, sources, report.read_notes(args.notes), diverged)
     for template, out in zip(args.templates, args.out, strict=True):
         files.write_text(out, report.render(template, context))
         log.info("wrote %s", out)
@@ -218,28 +246,33 @@ def _corrupt(args: argparse.Namespace) -> None:
 def _evaluate_corruptions(args: argparse.Namespace) -> None:
     import torch
 
-    from qgen.corruptions.evaluate import evaluate_corruptions, write_results
+    from qgen.corruptions.evaluate import evaluate_corruptions, partial_path, write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    spec, data_setting = _spec(args), json.loads(args.data_setting)
     rows = evaluate_corruptions(
         args.run_dir,
+        spec,
         args.root,
+        data_setting,
         batch_size=args.batch_size,
         device=args.device,
         workers=args.workers,
     )
-    write_results(args.out, rows, args.run_dir)
+    write_results(args.out, rows, partial_path(args.run_dir, spec, data_setting, args.root))
     log.info("wrote %s (%d rows)", args.out, len(rows))
 
 
 TORCH_THREADS = (0, "CPU threads for torch (default: torch's choice)")
 
 
-def _add_run_dir(p: argparse.ArgumentParser) -> None:
+def _add_run(p: argparse.ArgumentParser) -> None:
+    """--run-dir and --spec: a trained run, and the spec its files must have been made from."""
     p.add_argument(
         "--run-dir", type=Path, required=True, help="directory holding model.pt, init.pt, metrics.json"
     )
+    p.add_argument("--spec", required=True, help="the run as the config defines it (JSON of a RunSpec)")
 
 
 def _add_device_options(p: argparse.ArgumentParser, *, threads: tuple[int, str] = TORCH_THREADS) -> None:
@@ -260,8 +293,18 @@ def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str
     )
 
 
+def _add_summary_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="results/summary/<name>.config.json: the config slice that defines the summary",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgen", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"qgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -275,7 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run (resumes from --ckpt-dir)")
     p.add_argument("--spec", required=True, help="the run as JSON (a qgen.experiments.RunSpec)")
     p.add_argument("--out", type=Path, required=True, help="directory for model.pt, init.pt, metrics.json")
-    p.add_argument("--ckpt-dir", type=Path, required=True, help="directory for resumable state")
+    p.add_argument(
+        "--ckpt-dir",
+        type=Path,
+        required=True,
+        help="the run's checkpoint directory: its lock, and resumable state in <dir>/<spec digest>/",
+    )
     _add_training_options(p, threads=TORCH_THREADS)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
     p.set_defaults(func=_train)
@@ -289,34 +337,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("unpack", help="copy one run's outputs out of a trained pack")
     p.add_argument("--manifest", type=Path, required=True, help="the pack's manifest (qgen train-many)")
-    p.add_argument("--run", required=True, help="run id <experiment>/<precision>/<point>")
+    p.add_argument("--spec", required=True, help="the run as the config defines it (JSON of a RunSpec)")
     p.add_argument("--out", type=Path, required=True, help="directory for model.pt, init.pt, metrics.json")
     p.set_defaults(func=_unpack)
 
     p = sub.add_parser("measure", help="flatness measures (PAC-Bayes, sharpness, curvature) of a trained run")
-    _add_run_dir(p)
+    _add_run(p)
     p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
     p.add_argument("--settings", default="{}", help="measure settings as JSON (config.yaml `measures`)")
     p.add_argument("--out", type=Path, required=True, help="measures.json to write")
     _add_device_options(p)
     p.set_defaults(func=_measure)
 
-    p = sub.add_parser("summarize", help="summarise metrics.json / measures.json files into a table's CSV")
-    p.add_argument("table", help="table name, e.g. table1")
-    p.add_argument("--rows", required=True, help="the table's rows as JSON (from config.yaml `tables`)")
+    p = sub.add_parser("summarize", help="summarise a table's or figure's verified run results into a CSV")
+    p.add_argument("name", help="table1..table6, figure1, figure2")
+    _add_summary_config(p)
+    p.add_argument("--runs-root", type=Path, default=Path("results/runs"), help="default: results/runs")
+    p.add_argument(
+        "--landscape-root", type=Path, default=Path("results/landscape"), help="default: results/landscape"
+    )
     p.add_argument("--out", type=Path, required=True, help="CSV to write")
-    p.add_argument("results", nargs="+", type=Path, help="metrics.json or measures.json files")
     p.set_defaults(func=_summarize)
 
-    p = sub.add_parser("render", help="render a table's CSV to LaTeX")
+    p = sub.add_parser("render", help="render a table's summary CSV to LaTeX")
     p.add_argument("table", help="table name, e.g. table1")
     p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize`")
+    _add_summary_config(p)
     p.add_argument("--template", type=Path, required=True, help="jinja2 LaTeX template")
     p.add_argument("--out", type=Path, required=True, help=".tex file to write")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("landscape", help="loss surface of a trained run (paper Figure 2), resumable by rows")
-    _add_run_dir(p)
+    _add_run(p)
     p.add_argument("--data-root", type=Path, required=True, help="the dataset's directory")
     p.add_argument(
         "--settings", default="{}", help="grid settings as JSON (config.yaml `figures.figure2.surface`)"
@@ -325,30 +377,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_options(p)
     p.set_defaults(func=_landscape)
 
-    p = sub.add_parser("step-sizes", help="learned LSQ steps per layer of trained runs (Figure 1's CSV)")
-    p.add_argument("--rows", required=True, help="the figure's rows as JSON (config.yaml `figures.figure1`)")
-    p.add_argument("--out", type=Path, required=True, help="CSV to write")
-    p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files (model.pt is read beside each)")
-    p.set_defaults(func=_step_sizes)
-
-    p = sub.add_parser("figure1", help="draw Figure 1 (bin width per layer) from its CSV")
-    p.add_argument("--csv", type=Path, required=True, help="CSV from `qgen step-sizes`")
+    p = sub.add_parser("figure1", help="draw Figure 1 (bin width per layer) from its summary CSV")
+    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure1`")
+    _add_summary_config(p)
     p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
     p.set_defaults(func=_figure1)
 
-    p = sub.add_parser("figure2", help="draw Figure 2 (loss surfaces) from .npz surfaces, with its CSV")
-    p.add_argument("--label", required=True, help="model label for the CSV")
-    p.add_argument("--zmax", type=float, help="clip the plotted loss at this value (default: the highest)")
-    p.add_argument("--csv", type=Path, required=True, help="CSV of centre loss and flatness per surface")
-    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p = sub.add_parser("figure2", help="draw Figure 2 (loss surfaces) from its summary CSV and the surfaces")
+    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure2`")
+    _add_summary_config(p)
     p.add_argument("--surfaces", type=Path, nargs="+", required=True, help=".npz files from `qgen landscape`")
+    p.add_argument("--zmax", type=float, help="clip the plotted loss at this value (default: the highest)")
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
     p.set_defaults(func=_figure2)
 
     p = sub.add_parser("report", help="the reproduction report: paper vs reproduced cells, claim checks")
     p.add_argument("--paper", type=Path, nargs="+", required=True, help="transcribed paper tables (CSV)")
     p.add_argument("--notes", type=Path, required=True, help="the paper's known inconsistencies (YAML)")
     p.add_argument(
-        "--results", nargs="*", default=[], help="our results as NAME=CSV (table1..table4, figure1, figure2)"
+        "--results",
+        nargs="*",
+        default=[],
+        help="our summaries as NAME=CSV (table1..table4, figure1, figure2)",
+    )
+    p.add_argument(
+        "--configs", nargs="*", default=[], help="NAME=JSON: the config slice each summary must summarise"
     )
     p.add_argument(
         "--templates", type=Path, nargs="+", required=True, help="jinja2 templates (.md.j2, .html.j2)"
@@ -390,8 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate-corruptions", help="loss, accuracy and gap of a trained run on every -C split"
     )
-    _add_run_dir(p)
+    _add_run(p)
     p.add_argument("--root", type=Path, required=True, help="the corrupted test set (official or generated)")
+    p.add_argument(
+        "--data-setting", default="{}", help="the config's corruptions.data.<dataset> entry (JSON; recorded)"
+    )
     p.add_argument("--out", type=Path, required=True, help="corruptions.csv to write")
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
     _add_device_options(p)
@@ -401,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; an expected failure (:class:`~qgen.errors.QgenError`, a missing file) is one
+    line on stderr and exit status 1, anything else a bug with its traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -409,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        log.error("%s", exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    except (QgenError, FileNotFoundError) as exc:
+        log.error("%s", exc)
         return 1
     return 0
 

@@ -44,6 +44,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
+from qgen.errors import QgenError
 from qgen.registry import Registry
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -101,7 +102,7 @@ def subset_indices(total: int, subset: int | None, seed: int, *, where: str) -> 
     if subset is None:
         return None
     if not 0 < subset <= total:
-        raise ValueError(f"subset={subset} for {where}, which has {total} samples; expected 1..{total}")
+        raise QgenError(f"subset={subset} for {where}, which has {total} samples; expected 1..{total}")
     chosen = np.random.default_rng(seed).permutation(total)[:subset]
     return torch.from_numpy(np.sort(chosen))
 
@@ -175,13 +176,13 @@ class Batching:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise QgenError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            raise QgenError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.rank < self.world:
-            raise ValueError(f"rank must be in 0..world-1, got rank {self.rank} of world {self.world}")
+            raise QgenError(f"rank must be in 0..world-1, got rank {self.rank} of world {self.world}")
         if self.batch_size % self.world:
-            raise ValueError(
+            raise QgenError(
                 f"batch_size {self.batch_size} is not divisible by the {self.world} data-parallel processes"
             )
 
@@ -201,9 +202,9 @@ class _EpochLoader(ABC):
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+            raise QgenError(f"epoch must be >= 0, got {epoch}")
         if not 0 <= start <= len(self):
-            raise ValueError(f"start batch must be in 0..{len(self)}, got {start}")
+            raise QgenError(f"start batch must be in 0..{len(self)}, got {start}")
         self._epoch, self._start = epoch, start
 
     def __len__(self) -> int:
@@ -237,7 +238,7 @@ class ArrayLoader(_EpochLoader):
         batching: Batching,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(
+            raise QgenError(
                 f"expected uint8 images (N, C, H, W) and N labels, got {images.dtype} images of shape "
                 f"{tuple(images.shape)} and {len(labels)} labels"
             )
@@ -383,11 +384,11 @@ def _read_cifar_batch(path: Path, label_key: bytes, dataset: str) -> tuple[np.nd
         batch = pickle.load(file, encoding="bytes")
     missing = [key for key in (b"data", label_key) if key not in batch]
     if missing:
-        raise KeyError(f"{path} lacks {missing}; expected a CIFAR batch dict with b'data' and {label_key!r}")
+        raise QgenError(f"{path} lacks {missing}; expected a CIFAR batch dict with b'data' and {label_key!r}")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise ValueError(
+        raise QgenError(
             f"{path}: expected b'data' of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}"
         )
     return data.reshape(-1, 3, 32, 32), labels
@@ -430,12 +431,12 @@ class _Cifar(_ArrayDataset):
                     url, download_root=str(root), filename=self.source.filename, md5=md5
                 )
             except RuntimeError as error:
-                raise RuntimeError(f"fetching {url} into {root} (md5 {md5}) failed: {error}") from error
+                raise QgenError(f"fetching {url} into {root} (md5 {md5}) failed: {error}") from error
             problems = self._problems(root)
         if problems:
             hint = "" if download else f"; `qgen download {self.info.name}` fetches them"
             listed = "; ".join(problems)
-            raise RuntimeError(f"{self.info.label} under {root} does not verify: {listed}{hint}")
+            raise QgenError(f"{self.info.label} under {root} does not verify: {listed}{hint}")
 
     def arrays(self, root: Path, split: str) -> tuple[Tensor, Tensor]:
         folder = root / self.source.base_folder
@@ -525,7 +526,7 @@ class _ImageNet(_Dataset):
         for name, other in ((train, val), (val, train)):
             unmatched = sorted(classes[name] - classes[other])
             if unmatched:
-                raise ValueError(
+                raise QgenError(
                     f"{root / name / unmatched[0]} has no counterpart in {root / other}; {expected}"
                 )
 
@@ -636,7 +637,7 @@ def build_loader(
     """
     dataset = _DATASETS.get(name)()
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} for {name}; expected one of {', '.join(SPLITS)}")
+        raise QgenError(f"unknown split {split!r} for {name}; expected one of {', '.join(SPLITS)}")
     batching = Batching(batch_size, shuffle, seed, drop_last, torch.device(device), rank, world)
     return dataset.loader(
         Path(root), split, augment=augment, subset=subset, batching=batching, workers=workers
@@ -647,7 +648,7 @@ def load_arrays(name: str, split: str, *, root: Path) -> tuple[Tensor, Tensor]:
     """uint8 images ``(N, 3, H, W)`` and int64 labels of a whole split of an array dataset (not ImageNet)."""
     dataset = _DATASETS.get(name)()
     if not isinstance(dataset, _ArrayDataset):
-        raise ValueError(f"{name} is a folder dataset; use image_files() to list its images")
+        raise QgenError(f"{name} is a folder dataset; use image_files() to list its images")
     return dataset.arrays(Path(root), split)
 
 
@@ -655,6 +656,6 @@ def image_files(name: str, split: str, *, root: Path) -> list[tuple[str, str]]:
     """``(image path, class folder)`` of every image of a split of a folder dataset (ImageNet)."""
     dataset = _DATASETS.get(name)()
     if not isinstance(dataset, _ImageNet):
-        raise ValueError(f"{name} is an array dataset; use load_arrays() to read its images")
+        raise QgenError(f"{name} is an array dataset; use load_arrays() to read its images")
     folder = ImageFolder(str(Path(root) / _IMAGENET_DIRS[split]))
     return [(path, folder.classes[index]) for path, index in folder.samples]

@@ -1,21 +1,34 @@
-"""The table of training runs, expanded from a (schema-validated) config.
+"""The table of training runs, expanded from a (schema-validated) config, and each run's identity.
 
 A config lists *experiments*: a dataset, a model and a hyperparameter grid. Each experiment expands to
 one :class:`RunSpec` per grid point and precision. Runs are addressed as
 ``<experiment>/<precision>/<point>``; ``point`` names the grid values, e.g.
-``depth4-width10_sgd-lr0.1_wd0.0001``. This module imports only the standard library so that the
-Snakefile can build the DAG without importing torch.
+``depth4-width10_sgd-lr0.1_wd0.0001``. That address is for people; a run's *identity* is
+:attr:`RunSpec.digest`, a content hash of its fully resolved spec (every model argument with its
+default filled in, and ``code_version``), recorded in every file made from the run and checked by every
+consumer (:mod:`qgen.provenance`). This module imports only the standard library and
+:mod:`qgen.vocab`, so that the Snakefile can build and check the DAG without importing torch.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-RUN_SCHEMA_VERSION = 1
+from qgen.errors import QgenError
+from qgen.vocab import FIGURE_NAMES, SUMMARIES, resolve_model_args
+
+RUN_SCHEMA_VERSION = 2
+DIGEST_DIRNAME_LENGTH = 16
+"""Hex digits of a run's digest that name its checkpoint directory."""
+RUN_OUTPUTS = ("model.pt", "init.pt", "metrics.json")
+"""A finished run's files (:mod:`qgen.runs`) in the order they are written: ``metrics.json`` last."""
 
 
 def require_known_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
@@ -26,12 +39,23 @@ def require_known_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; expected some of {sorted(known)}")
+        raise QgenError(f"unknown {what} {unknown}; expected some of {sorted(known)}")
+
+
+def digest_of(data: Any) -> str:
+    """SHA-256 of ``data`` as canonical JSON (sorted keys, no whitespace): equal data, equal digest."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one training run needs; serialised into its ``metrics.json``."""
+    """Everything that determines one training run; serialised into every file made from it.
+
+    ``model_args`` are resolved on construction: every argument of the model's constructor, with the
+    defaults of :data:`qgen.vocab.MODEL_ARGUMENTS` for those not given, so the spec (and its digest)
+    says exactly which network is trained. ``code_version`` is bumped by the user to retrain on purpose.
+    """
 
     experiment: str
     point: str
@@ -53,13 +77,39 @@ class RunSpec:
     quantize_first_last: bool = False
     step_weight_decay: bool = False
     select_by: str = "epoch_loss"
+    code_version: int = 1
+
+    def __post_init__(self) -> None:
+        canonical = {
+            "model_args": resolve_model_args(self.model, self.model_args, f"run {self.run_id}"),
+            "lr": float(self.lr),
+            "weight_decay": float(self.weight_decay),
+            "gamma": float(self.gamma),
+            "momentum": float(self.momentum),
+            "milestones": [int(m) for m in self.milestones],
+        }
+        for name, value in canonical.items():
+            object.__setattr__(self, name, value)
 
     @property
     def run_id(self) -> str:
         return f"{self.experiment}/{self.precision}/{self.point}"
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of the spec: the run's identity (:func:`digest_of`)."""
+        return digest_of(self.to_dict())
+
+    @property
+    def short_digest(self) -> str:
+        """The first :data:`DIGEST_DIRNAME_LENGTH` hex digits of :attr:`digest`, as used in file names."""
+        return self.digest[:DIGEST_DIRNAME_LENGTH]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
@@ -89,9 +139,7 @@ def grid_points(experiment: Mapping[str, Any]) -> list[GridPoint]:
     fixed_args: Mapping[str, Any] = experiment.get("model_args", {})
     clash = sorted(set(model_grid) & set(fixed_args))
     if clash:
-        raise ValueError(
-            f"experiment {experiment['name']!r}: {clash} given in both model_args and grid.model"
-        )
+        raise QgenError(f"experiment {experiment['name']!r}: {clash} given in both model_args and grid.model")
     optimizer_lrs = [(opt, lr) for opt, lrs in grid["optimizer"].items() for lr in lrs]
     points = []
     for values in itertools.product(*model_grid.values()):
@@ -103,15 +151,36 @@ def grid_points(experiment: Mapping[str, Any]) -> list[GridPoint]:
     return points
 
 
+OPTIONAL_EXPERIMENT_KEYS = ("gamma", "momentum", "seed", "n_train", "n_test", "select_by")
+
+
+def require_unique_names(config: Mapping[str, Any]) -> None:
+    """Refuse two experiments of one name: their runs would share directories and table rows."""
+    names = Counter(exp["name"] for exp in config["experiments"])
+    for name, count in names.items():
+        if count > 1:
+            models = [exp["model"] for exp in config["experiments"] if exp["name"] == name]
+            raise QgenError(
+                f"experiments: {count} experiments are named {name!r} (models {', '.join(models)}); "
+                "experiment names must be unique"
+            )
+
+
 def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
-    """All runs of ``config``: every experiment x grid point x precision."""
+    """All runs of ``config``: every experiment x grid point x precision, each spec fully resolved.
+
+    Refuses duplicate experiment names and model arguments the model does not take (naming the
+    experiment, the argument and what the model accepts).
+    """
+    require_unique_names(config)
     quant = config.get("quantization", {})
+    common = {"code_version": config["code_version"]} if "code_version" in config else {}
     runs = []
-    for exp in config["experiments"]:
-        optional = {
-            k: exp[k] for k in ("gamma", "momentum", "seed", "n_train", "n_test", "select_by") if k in exp
-        }
+    for index, exp in enumerate(config["experiments"]):
+        optional = {k: exp[k] for k in OPTIONAL_EXPERIMENT_KEYS if k in exp}
+        where = f"experiments[{index}] ({exp['name']}): model_args / grid.model"
         for point in grid_points(exp):
+            model_args = resolve_model_args(exp["model"], point.model_args, where)
             for precision in exp.get("precisions", config["precisions"]):
                 runs.append(
                     RunSpec(
@@ -120,7 +189,7 @@ def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
                         precision=precision,
                         dataset=exp["dataset"],
                         model=exp["model"],
-                        model_args=point.model_args,
+                        model_args=model_args,
                         optimizer=point.optimizer,
                         lr=point.lr,
                         weight_decay=point.weight_decay,
@@ -130,17 +199,20 @@ def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
                         quantize_first_last=quant.get("quantize_first_last", False),
                         step_weight_decay=quant.get("step_weight_decay", False),
                         **optional,
+                        **common,
                     )
                 )
-    ids = [r.run_id for r in runs]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate run ids {duplicates[:3]}: experiment names must be unique")
     return runs
 
 
 def experiments_by_name(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    require_unique_names(config)
     return {exp["name"]: exp for exp in config["experiments"]}
+
+
+def hyperparameters(run: RunSpec) -> dict[str, Any]:
+    """The values a table row's ``where`` can select on: model arguments, optimizer, lr, weight decay."""
+    return {**run.model_args, "optimizer": run.optimizer, "lr": run.lr, "weight_decay": run.weight_decay}
 
 
 def select_runs(
@@ -148,25 +220,34 @@ def select_runs(
 ) -> list[RunSpec]:
     """Runs of ``experiment`` whose model arguments / optimizer / lr / weight decay match ``where``."""
     where = dict(where or {})
-    chosen = []
-    for run in runs:
-        if run.experiment != experiment:
-            continue
-        values = {
-            **run.model_args,
-            "optimizer": run.optimizer,
-            "lr": run.lr,
-            "weight_decay": run.weight_decay,
-        }
-        unknown = sorted(set(where) - set(values))
-        if unknown:
-            raise ValueError(
-                f"table row filter {unknown} is not a hyperparameter of experiment {experiment!r}"
-            )
-        if all(values[k] == v for k, v in where.items()):
-            chosen.append(run)
+    mine = [run for run in runs if run.experiment == experiment]
+    if not mine:
+        raise QgenError(f"no run of experiment {experiment!r}: is it in the config's experiments?")
+    unknown = sorted(set(where) - set(hyperparameters(mine[0])))
+    if unknown:
+        raise QgenError(
+            f"row filter {unknown} is not a hyperparameter of experiment {experiment!r}; "
+            f"it has {sorted(hyperparameters(mine[0]))}"
+        )
+    chosen = [run for run in mine if all(hyperparameters(run)[k] == v for k, v in where.items())]
     if not chosen:
-        raise ValueError(f"no run of experiment {experiment!r} matches {where}")
+        raise QgenError(f"no run of experiment {experiment!r} matches {where}")
+    return chosen
+
+
+def select_point(runs: Iterable[RunSpec], experiment: str, where: Mapping[str, Any] | None) -> list[RunSpec]:
+    """The runs (one per precision) of the single grid point of ``experiment`` that ``where`` picks.
+
+    Several matching points are an error naming them, so that a table row or figure meant to show one
+    model never silently mixes several.
+    """
+    chosen = select_runs(runs, experiment, where)
+    points = sorted({run.point for run in chosen})
+    if len(points) > 1:
+        raise QgenError(
+            f"row {{experiment: {experiment}, where: {dict(where or {})}}} matches {len(points)} grid points "
+            f"({', '.join(points[:4])}{', ...' if len(points) > 4 else ''}); narrow its 'where' to one"
+        )
     return chosen
 
 
@@ -178,7 +259,7 @@ def pack_runs(runs: Iterable[RunSpec], size: int, models: Iterable[str]) -> dict
     config and ``size``. Runs of other models are not packed.
     """
     if size < 1:
-        raise ValueError(f"train_pack size must be >= 1, got {size}")
+        raise QgenError(f"train_pack size must be >= 1, got {size}")
     packable = set(models)
     by_experiment: dict[str, list[RunSpec]] = {}
     for run in runs:
@@ -189,3 +270,80 @@ def pack_runs(runs: Iterable[RunSpec], size: int, models: Iterable[str]) -> dict
         for index, start in enumerate(range(0, len(members), size)):
             packs[f"{experiment}/pack{size}-{index:04d}"] = members[start : start + size]
     return packs
+
+
+# --------------------------------------------------------------------------------------------------------
+# Summaries (tables and figures): the slice of the config that defines one, and its rows of runs
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table or figure: an experiment (or one grid point of it), its label, its runs."""
+
+    experiment: str
+    label: str
+    where: dict[str, Any]
+    runs: list[RunSpec]
+
+
+def _settings_of(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = config
+    for key in path:
+        value = value.get(key, {}) if isinstance(value, Mapping) else {}
+    return value
+
+
+def summary_rows_config(config: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    """The configured rows of summary ``name``: ``tables.<name>``, ``figures.figure1``, or Figure 2's one."""
+    if name in FIGURE_NAMES:
+        figure = config.get("figures", {}).get(name, [])
+        return [figure] if isinstance(figure, Mapping) else list(figure)
+    return list(config.get("tables", {}).get(name, []))
+
+
+def summary_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Everything in ``config`` that defines summary ``name`` (a table or figure), and nothing else.
+
+    Its rows (each labelled with its experiment's label unless it has its own), the experiments they draw
+    on, the global keys that enter every run spec, and the settings section its results were made with
+    (:data:`qgen.vocab.SUMMARIES`). The slice is config-shaped, so :func:`summary_rows` expands it with the
+    same code as the whole config; its :func:`digest_of` names the summary file, so a change of anything
+    it holds is a new file for Snakemake, and nothing else is.
+    """
+    entry = SUMMARIES[name]
+    experiments = experiments_by_name(config)
+    rows = []
+    for row in summary_rows_config(config, name):
+        if row["experiment"] not in experiments:
+            raise QgenError(
+                f"{name}: row experiment {row['experiment']!r} is not in the config's experiments"
+            )
+        label = row.get("label", experiments[row["experiment"]]["label"])
+        rows.append({"experiment": row["experiment"], "model": label, "where": dict(row.get("where", {}))})
+    used = {row["experiment"] for row in rows}
+    sliced: dict[str, Any] = {
+        "summary": name,
+        "rows": rows,
+        "experiments": [exp for exp in config["experiments"] if exp["name"] in used],
+        "precisions": list(config["precisions"]),
+        "quantization": dict(config.get("quantization", {})),
+        "settings": _settings_of(config, entry.settings) if entry.settings else {},
+    }
+    if "code_version" in config:
+        sliced["code_version"] = config["code_version"]
+    return sliced
+
+
+def summary_rows(sliced: Mapping[str, Any]) -> list[Row]:
+    """The rows of a :func:`summary_config` slice with their runs; a row of a one-point summary must pick
+    exactly one grid point (:func:`select_point`)."""
+    entry = SUMMARIES[sliced["summary"]]
+    runs = expand_runs(sliced)
+    if entry.quantized_only:
+        runs = [run for run in runs if run.precision != "fp32"]
+    out = []
+    for row in sliced["rows"]:
+        select = select_point if entry.one_point else select_runs
+        chosen = select(runs, row["experiment"], row["where"])
+        out.append(Row(row["experiment"], row["model"], dict(row["where"]), chosen))
+    return out

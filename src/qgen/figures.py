@@ -17,16 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from matplotlib import cm
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from qgen import data, files, quant
+from qgen.errors import QgenError
 from qgen.experiments import RunSpec
 from qgen.landscape import Surface
-from qgen.tables import PRECISION_LABELS, one_run_per_precision
+from qgen.tables import one_run_per_precision
+from qgen.vocab import PRECISION_LABELS, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +36,24 @@ PALETTE = "colorblind"
 
 
 def step_size_records(
-    metrics_paths: Sequence[Path], rows: Sequence[Mapping[str, Any]]
+    results: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """Figure 1 data: the learned step (bin width) of every quantized layer of each row's runs.
 
-    ``metrics_paths`` are ``metrics.json`` files; each run's steps are read from the ``model.pt`` beside
-    it (:func:`qgen.quant.step_sizes_of_state`). ``rows`` are ``{"experiment", "model", "where"}`` as for
-    tables. FP32 runs have no steps and are skipped; so are diverged runs, with a warning.
+    ``results`` hold each run's ``spec``, ``status`` and ``step_sizes`` (read from its ``model.pt`` by
+    :func:`qgen.summary.load_results`, :func:`qgen.quant.step_sizes_of_state`). ``rows`` are
+    ``{"experiment", "model", "where"}`` as for tables. Diverged runs are left out, with a warning.
     """
-    metrics = [files.read_json(p) for p in metrics_paths]
-    paths = {
-        RunSpec.from_dict(m["spec"]).run_id: Path(p) for m, p in zip(metrics, metrics_paths, strict=True)
-    }
     records = []
-    for row, precision, result in one_run_per_precision(metrics, rows):
+    for row, precision, result in one_run_per_precision(results, rows):
         bits = quant.bits_of(precision)
-        if bits is None:
-            continue
         run_id = RunSpec.from_dict(result["spec"]).run_id
         if result["status"] != "ok":
             log.warning("%s: status %r; left out of Figure 1", run_id, result["status"])
             continue
-        model_path = paths[run_id].parent / "model.pt"
-        state = torch.load(model_path, map_location="cpu", weights_only=False)["state_dict"]
-        steps = quant.step_sizes_of_state(state)
+        steps = result["step_sizes"]
         if not steps:
-            raise ValueError(f"{model_path}: no LSQ steps in a {precision} checkpoint")
+            raise QgenError(f"{run_id}: no LSQ steps in the model.pt of a {precision} run")
         for index, (layer, step) in enumerate(steps.items(), 1):
             records.append(
                 {
@@ -82,7 +75,7 @@ def plot_step_sizes(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path
     frame = pd.DataFrame(records)
     frame["Precision"] = frame["precision"].map(PRECISION_LABELS)
     panels = list(dict.fromkeys(zip(frame["dataset"], frame["model"], strict=True)))
-    order = [PRECISION_LABELS[p] for p in quant.PRECISIONS if p in set(frame["precision"])]
+    order = [PRECISION_LABELS[p] for p in PRECISIONS if p in set(frame["precision"])]
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
         fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -120,6 +113,7 @@ def surface_record(surface: Surface, label: str) -> dict[str, Any]:
         "model": label,
         "precision": spec.precision,
         "run_id": surface.run_id,
+        "run_digest": surface.run_digest,
         "points": len(surface.x),
         "span_min": float(surface.x[0]),
         "span_max": float(surface.x[-1]),
@@ -134,6 +128,16 @@ def surface_record(surface: Surface, label: str) -> dict[str, Any]:
     }
 
 
+def surface_records(
+    results: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Figure 2 data: :func:`surface_record` of each row's surfaces (``result["surface"]``), by precision."""
+    return [
+        surface_record(result["surface"], row["model"])
+        for row, _, result in one_run_per_precision(results, rows)
+    ]
+
+
 def plot_surfaces(
     surfaces: Sequence[Surface], labels: Sequence[str], outputs: Sequence[Path], zmax: float | None = None
 ) -> None:
@@ -143,13 +147,13 @@ def plot_surfaces(
     ``zmax``, above which the surface is clipped for display); each title gives the centre loss.
     """
     if not surfaces:
-        raise ValueError("Figure 2 needs at least one surface")
+        raise QgenError("Figure 2 needs at least one surface")
     low = min(float(s.loss.min()) for s in surfaces)
     high = max(float(s.loss.max()) for s in surfaces)
     if zmax is not None:
         high = min(high, zmax)
     if not high > low:
-        raise ValueError(f"Figure 2: empty z-range [{low}, {high}]; is zmax below every loss?")
+        raise QgenError(f"Figure 2: empty z-range [{low}, {high}]; is zmax below every loss?")
     norm = Normalize(low, high)
     levels = np.linspace(low, high, 21)
     cmap = cm.viridis

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,16 @@ import torch
 from torch import Tensor, nn
 
 from qgen import files, quant
-from qgen.experiments import require_known_keys
+from qgen.errors import CorruptFileError, QgenError
+from qgen.experiments import RunSpec, digest_of, require_known_keys
 from qgen.measures.perturb import EvalSet, PerturbedEvaluator
-from qgen.measures.run import eval_subset_index, load_run, training_eval_set
-from qgen.train import resolve_device
+from qgen.measures.run import eval_subset_index, training_eval_set
+from qgen.provenance import rebuild_hint
+from qgen.runs import load_run, resolve_device
 
 log = logging.getLogger(__name__)
 
-SURFACE_SCHEMA_VERSION = 1
+SURFACE_SCHEMA_VERSION = 2
 NORM_EPS = 1e-10  # Li et al.'s guard against an all-zero filter of the random direction
 
 
@@ -68,11 +71,11 @@ class LandscapeSettings:
     def __post_init__(self) -> None:
         lo, hi = self.span
         if not lo < hi:
-            raise ValueError(f"span must be [min, max] with min < max, got {list(self.span)}")
+            raise QgenError(f"span must be [min, max] with min < max, got {list(self.span)}")
         if self.points < 2:
-            raise ValueError(f"points must be >= 2, got {self.points}")
+            raise QgenError(f"points must be >= 2, got {self.points}")
         if (self.copies_per_pass is not None and self.copies_per_pass < 1) or self.batch_size < 1:
-            raise ValueError(
+            raise QgenError(
                 f"copies_per_pass and batch_size must be >= 1, got {self.copies_per_pass}, {self.batch_size}"
             )
 
@@ -152,31 +155,42 @@ class Surface:
     train_size: int
     cosine: float
     run_id: str
+    run_digest: str
     spec: str
     settings: str
+    config: str
 
     def save(self, path: Path | str) -> None:
         files.save_npz(path, schema_version=SURFACE_SCHEMA_VERSION, **asdict(self))
 
     @classmethod
     def load(cls, path: Path | str) -> Surface:
-        with np.load(path) as archive:
-            missing = sorted({f.name for f in fields(cls)} - set(archive.files))
-            if missing:
-                raise ValueError(f"{path}: not a qgen loss surface (missing {missing})")
-            values = {f.name: archive[f.name] for f in fields(cls)}
+        """The surface in ``path``; a truncated file or one of an older format is a named error."""
+        try:
+            with np.load(path) as archive:
+                missing = sorted({f.name for f in fields(cls)} - set(archive.files))
+                values = {f.name: archive[f.name] for f in fields(cls) if f.name in archive.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise CorruptFileError(
+                f"{path} cannot be read as a loss surface ({error}); {rebuild_hint(path)}"
+            ) from error
+        if missing:
+            raise CorruptFileError(
+                f"{path}: not a qgen loss surface of this version (missing {missing}); {rebuild_hint(path)}"
+            )
         for name in ("centre_loss", "centre_accuracy", "cosine"):
             values[name] = float(values[name])
         for name in ("seed", "train_size"):
             values[name] = int(values[name])
-        for name in ("run_id", "spec", "settings"):
+        for name in ("run_id", "run_digest", "spec", "settings", "config"):
             values[name] = str(values[name])
         return cls(**values)
 
 
-def checkpoint_path(out: Path) -> Path:
-    """Where the finished rows of ``out`` are kept while it is computed."""
-    return out.with_name(out.name + ".partial")
+def checkpoint_path(out: Path, fingerprint: str) -> Path:
+    """Where the finished rows of ``out`` are kept while it is computed: one file per model and grid
+    (``fingerprint``), so a changed run or grid starts afresh and leaves the other's rows alone."""
+    return out.with_name(f"{out.name}.{fingerprint[:16]}.partial")
 
 
 def _load_rows(
@@ -187,11 +201,16 @@ def _load_rows(
         return np.full(shape, np.nan), np.full(shape, np.nan), 0
     with np.load(checkpoint) as saved:
         if str(saved["fingerprint"]) != fingerprint:
-            raise ValueError(
-                f"checkpoint {checkpoint} belongs to another model or other landscape settings; "
-                "delete it to start this surface afresh"
+            raise QgenError(
+                f"{checkpoint} holds the rows of another model or grid (a digest collision?); delete it"
             )
         return saved["loss"], saved["accuracy"], int(saved["rows_done"])
+
+
+def grid_fingerprint(identity: str, settings: LandscapeSettings) -> str:
+    """Digest of the model ``identity`` and the settings that define the surface (not the speed ones:
+    ``batch_size`` and ``copies_per_pass`` may change between a killed job and its resumption)."""
+    return digest_of([identity, list(settings.span), settings.points, settings.seed, settings.subset])
 
 
 def evaluate_grid(
@@ -200,12 +219,12 @@ def evaluate_grid(
     settings: LandscapeSettings,
     *,
     checkpoint: Path | None = None,
-    identity: str = "",
+    fingerprint: str = "",
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Loss and accuracy at every grid point (rows: ``beta``, columns: ``alpha``) and the directions' cosine.
 
-    With ``checkpoint``, finished rows are saved there after each row and a later call with the same
-    ``identity`` (naming the model) and settings resumes after them.
+    With ``checkpoint``, finished rows are saved there after each row, under ``fingerprint``
+    (:func:`grid_fingerprint`), and a later call with the same checkpoint and fingerprint resumes after them.
     """
     model.eval()
     generator = torch.Generator().manual_seed(settings.seed)
@@ -217,9 +236,6 @@ def evaluate_grid(
     n = len(coords)
     device = next(model.parameters()).device
     copies = settings.copies_per_pass or (n if device.type == "cuda" else 1)
-    # Speed settings (batch_size, copies_per_pass) may change between a killed job and its resumption.
-    defining = [identity, list(settings.span), settings.points, settings.seed, settings.subset]
-    fingerprint = hashlib.sha256(json.dumps(defining).encode()).hexdigest()
     loss, accuracy, done = (
         _load_rows(checkpoint, fingerprint, (n, n))
         if checkpoint
@@ -264,16 +280,25 @@ def centre_values(model: nn.Module, data: EvalSet) -> tuple[float, float]:
 
 
 def surface_of_run(
-    run_dir: Path, data_root: Path, settings: LandscapeSettings, out: Path, *, device: str = "auto"
+    run_dir: Path,
+    spec: RunSpec,
+    data_root: Path,
+    config: dict[str, Any],
+    out: Path,
+    *,
+    device: str = "auto",
 ) -> Surface:
-    """Compute and write (``out``, ``.npz``) the loss surface of the trained run in ``run_dir``.
+    """Compute and write (``out``, ``.npz``) the loss surface of the run of ``spec`` in ``run_dir``.
 
-    Resumable: rows finished by an earlier, killed call are read back from :func:`checkpoint_path`,
-    which is removed once ``out`` is written.
+    ``config`` is the config's surface block (``figures.figure2.surface``, :class:`LandscapeSettings`);
+    the surface records it and the run's digest, which Figure 2 checks against its config. The run's files
+    are checked to be of ``spec`` first. Resumable: rows finished by an earlier, killed call are read back
+    from :func:`checkpoint_path`, which is removed once ``out`` is written.
     """
-    spec, model, metrics = load_run(run_dir)
+    settings = LandscapeSettings.from_dict(config)
+    model, metrics = load_run(run_dir, spec)
     if metrics["status"] != "ok":
-        raise ValueError(f"{run_dir / 'metrics.json'}: run status is {metrics['status']!r}, expected 'ok'")
+        raise QgenError(f"{run_dir / 'metrics.json'}: run status is {metrics['status']!r}, expected 'ok'")
     dev = resolve_device(device)
     model = model.to(dev)
     data, m = training_eval_set(spec, data_root, settings.subset, settings.batch_size, dev)
@@ -288,10 +313,9 @@ def surface_of_run(
         dev,
         settings.seed,
     )
-    checkpoint = checkpoint_path(out)
-    loss, accuracy, cos = evaluate_grid(
-        model, data, settings, checkpoint=checkpoint, identity=f"{spec.run_id}:{model_hash}"
-    )
+    fingerprint = grid_fingerprint(f"{spec.digest}:{model_hash}", settings)
+    checkpoint = checkpoint_path(out, fingerprint)
+    loss, accuracy, cos = evaluate_grid(model, data, settings, checkpoint=checkpoint, fingerprint=fingerprint)
     centre_loss, centre_accuracy = centre_values(model, data)
     coords = settings.coordinates()
     surface = Surface(
@@ -306,8 +330,10 @@ def surface_of_run(
         train_size=m,
         cosine=cos,
         run_id=spec.run_id,
+        run_digest=spec.digest,
         spec=spec.to_json(),
         settings=json.dumps(asdict(settings)),
+        config=json.dumps(config, sort_keys=True),
     )
     surface.save(out)
     checkpoint.unlink(missing_ok=True)

@@ -4,8 +4,8 @@ The paper's NiN sweep is ~2,000 trainings that each leave most of a modern GPU i
 them concurrently on one device costs one GPU for about the time of the slowest member instead of one
 GPU per run (``bench/packing.py`` measures the requested GPU-hours). Every member is an ordinary
 ``qgen train`` subprocess: it checkpoints and resumes on its own, and writes its outputs to its
-``<ckpt_dir>/final`` directory, from which ``qgen unpack`` copies them into the run's result directory.
-SIGTERM/SIGUSR1 are passed on to the members, which checkpoint and stop.
+``<ckpt_dir>/<short digest>/final`` directory, from which ``qgen unpack`` copies them into the run's
+result directory. SIGTERM/SIGUSR1 are passed on to the members, which checkpoint and stop.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qgen import files
-from qgen.experiments import RunSpec
+from qgen.errors import QgenError
+from qgen.experiments import RUN_OUTPUTS, RunSpec
+from qgen.provenance import require_digest
 
 log = logging.getLogger(__name__)
 
-PACK_SCHEMA_VERSION = 1
-OUTPUTS = ("model.pt", "init.pt", "metrics.json")
+PACK_SCHEMA_VERSION = 2
 EXIT_STOPPED = 75  # as qgen.train.EXIT_STOPPED; repeated so that this module does not import torch
 
 
@@ -38,7 +39,8 @@ class Member:
 
     @property
     def final_dir(self) -> Path:
-        return self.ckpt_dir / "final"
+        """Where the member's ``qgen train`` writes its outputs: inside its spec's state directory."""
+        return self.ckpt_dir / self.spec.short_digest / "final"
 
 
 def members(specs: Sequence[RunSpec], ckpt_root: Path) -> list[Member]:
@@ -105,17 +107,22 @@ def train_many(
         manifest,
         {
             "schema_version": PACK_SCHEMA_VERSION,
-            "runs": {m.spec.run_id: str(m.final_dir) for m in pack},
+            "runs": {m.spec.run_id: {"dir": str(m.final_dir), "digest": m.spec.digest} for m in pack},
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         },
     )
     return 0
 
 
-def unpack(manifest: Path, run_id: str, out_dir: Path) -> None:
-    """Copy run ``run_id``'s finished outputs, listed in a pack's ``manifest``, into ``out_dir``."""
+def unpack(manifest: Path, spec: RunSpec, out_dir: Path) -> None:
+    """Copy the finished outputs of the run of ``spec``, listed in a pack's ``manifest``, into ``out_dir``.
+
+    The manifest must list this very spec (its digest); ``metrics.json`` is copied last.
+    """
     runs = files.read_json(manifest)["runs"]
-    if run_id not in runs:
-        raise KeyError(f"{manifest} does not list run {run_id!r}; it holds {sorted(runs)}")
-    for name in OUTPUTS:  # metrics.json last: its presence marks a finished run
-        files.copy_file(Path(runs[run_id]) / name, out_dir / name)
+    if spec.run_id not in runs:
+        raise QgenError(f"{manifest} does not list run {spec.run_id!r}; it holds {sorted(runs)}")
+    entry = runs[spec.run_id]
+    require_digest(manifest, f"run spec of {spec.run_id}", entry.get("digest"), spec.digest)
+    for name in RUN_OUTPUTS:
+        files.copy_file(Path(entry["dir"]) / name, out_dir / name)

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-PRECISIONS: Final[dict[str, int | None]] = {"fp32": None, "int8": 8, "int4": 4, "int2": 2}
-"""Precision name -> weight bit width (``None``: no quantizer)."""
+from qgen.errors import QgenError
+from qgen.vocab import PRECISIONS
 
 STEP_MIN: Final = 1e-8
 """Floor that keeps every learned step strictly positive (see :func:`clamp_steps_`)."""
@@ -41,13 +41,13 @@ def bits_of(precision: str) -> int | None:
     try:
         return PRECISIONS[precision]
     except KeyError:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}") from None
+        raise QgenError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}") from None
 
 
 def level_bounds(bits: int) -> tuple[int, int]:
     """Signed integer range ``(-Q_N, Q_P) = (-2^(b-1), 2^(b-1) - 1)`` of eq. 1."""
     if bits < 2:
-        raise ValueError(f"bits must be >= 2 for signed weights, got {bits}")
+        raise QgenError(f"bits must be >= 2 for signed weights, got {bits}")
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from qgen.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to constructors; constructors register themselves with :meth:`register`."""
+    """Maps names to constructors; constructors register themselves with :meth:`register`.
 
-    def __init__(self, kind: str) -> None:
+    ``check(name, fn)``, if given, runs on every registration and raises if ``fn`` does not fit (e.g. a
+    model constructor whose signature differs from its torch-free description in :mod:`qgen.vocab`).
+    """
+
+    def __init__(self, kind: str, check: Callable[[str, Callable[..., T]], None] | None = None) -> None:
         self.kind = kind
+        self._check = check
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -21,6 +28,8 @@ class Registry(Generic[T]):
         def add(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self._check is not None:
+                self._check(name, fn)
             self._entries[name] = fn
             return fn
 
@@ -31,7 +40,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries))
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

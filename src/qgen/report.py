@@ -26,7 +26,9 @@ from typing import Any, Literal
 import jinja2
 import yaml
 
-from qgen.tables import MEASURES, PRECISION_LABELS, read_csv
+from qgen.errors import QgenError
+from qgen.tables import MEASURES
+from qgen.vocab import PRECISION_LABELS
 
 Status = Literal["PASS", "FAIL", "NOT RUN"]
 PASS: Status = "PASS"
@@ -113,19 +115,19 @@ def read_paper_table(path: Path | str) -> list[PaperCell]:
         reader = csv.DictReader(fh)
         missing = sorted(set(PAPER_COLUMNS) - set(reader.fieldnames or ()))
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected at least {list(PAPER_COLUMNS)}")
+            raise QgenError(f"{path}: missing column(s) {missing}; expected at least {list(PAPER_COLUMNS)}")
         rows = list(reader)
     cells = []
     for line, row in enumerate(rows, 2):
         if row["precision"] not in ORDER or row["table"] not in SOURCES:
-            raise ValueError(
+            raise QgenError(
                 f"{path}:{line}: unknown table {row['table']!r} or precision {row['precision']!r}"
             )
         detail = corruption_detail(row["corruption"], int(row["severity"])) if "corruption" in row else ""
         try:
             number = float(row["value"])
         except ValueError:
-            raise ValueError(f"{path}:{line}: value {row['value']!r} is not a number") from None
+            raise QgenError(f"{path}:{line}: value {row['value']!r} is not a number") from None
         value = Value(
             row["table"], row["dataset"], row["model"], row["precision"], row["quantity"], detail, number
         )
@@ -179,15 +181,29 @@ SUMMARY_QUANTITIES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] 
 }
 
 
-def read_summary(source: str, path: Path | str) -> list[Value]:
-    """Our results of ``source`` (a name of :data:`SOURCES`) from its summary CSV."""
+def values_of(source: str, rows: Sequence[Mapping[str, Any]]) -> list[Value]:
+    """Our results of ``source`` (a name of :data:`SOURCES`) from the rows of its summary CSV
+    (:func:`qgen.summary.read_summary`)."""
     if source not in SUMMARY_QUANTITIES:
-        raise ValueError(f"unknown result source {source!r}; expected one of {list(SOURCES)}")
-    rows = read_csv(path)
+        raise QgenError(f"unknown result source {source!r}; expected one of {list(SOURCES)}")
     try:
         return _values(source, rows, SUMMARY_QUANTITIES[source])
     except KeyError as exc:
-        raise ValueError(f"{path}: missing column {exc.args[0]!r} for {source}") from None
+        raise QgenError(f"{source} summary: missing column {exc.args[0]!r}") from None
+
+
+def diverged(source: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cells of a summary with diverged runs, e.g. ``"Table 1, Digits NiN Int2: 2 of 2 runs diverged"``,
+    so that a model whose every run diverged is listed rather than silently absent."""
+    title = TITLES[source].split(":")[0]
+    out = []
+    for row in rows:
+        where = f"{title}, {row['dataset']} {row['model']} {_label(row['precision'])}"
+        if row.get("n_diverged"):
+            out.append(f"{where}: {row['n_diverged']} of {row['n_runs']} runs diverged")
+        elif row.get("status") not in (None, "ok"):
+            out.append(f"{where}: the run's status is {row['status']}")
+    return list(dict.fromkeys(out))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -341,7 +357,7 @@ def bin_width_grows(values: Sequence[Value]) -> dict[str, Verdict]:
             continue
         incomplete = [layer for layer in layers if any((p, layer) not in cells for p in QUANTIZED)]
         if incomplete:
-            raise ValueError(f"Figure 1 {scope}: layers {incomplete[:3]} lack a step at some precision")
+            raise QgenError(f"Figure 1 {scope}: layers {incomplete[:3]} lack a step at some precision")
         broken = [
             layer
             for layer in layers
@@ -502,7 +518,7 @@ def read_notes(path: Path | str) -> list[Note]:
     for i, entry in enumerate(entries):
         unknown = sorted(set(entry) - {"text", "tables", "dataset", "model"})
         if unknown or "text" not in entry:
-            raise ValueError(f"{path}: entry {i} has unknown keys {unknown} or no 'text'")
+            raise QgenError(f"{path}: entry {i} has unknown keys {unknown} or no 'text'")
         notes.append(
             Note(entry["text"], tuple(entry.get("tables", ())), entry.get("dataset"), entry.get("model"))
         )
@@ -613,9 +629,12 @@ def claim_rows(
 
 
 def build_context(
-    paper_cells: Sequence[PaperCell], ours: Mapping[str, Sequence[Value] | None], notes: Sequence[Note]
+    paper_cells: Sequence[PaperCell],
+    ours: Mapping[str, Sequence[Value] | None],
+    notes: Sequence[Note],
+    diverged_cells: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Everything the report templates show."""
+    """Everything the report templates show; ``diverged_cells`` from :func:`diverged`."""
     paper_by_source: dict[str, list[PaperCell]] = {}
     for cell in paper_cells:
         paper_by_source.setdefault(cell.value.source, []).append(cell)
@@ -642,6 +661,7 @@ def build_context(
         ],
         "inputs": {s: ours.get(s) is not None for s in SOURCES},
         "arithmetic": table1_arithmetic(paper_cells),
+        "diverged": list(diverged_cells),
         "general_notes": [n.text for n in notes if not n.tables],
     }
 

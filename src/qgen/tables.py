@@ -7,46 +7,26 @@ fills a jinja2 template from that CSV.
 
 from __future__ import annotations
 
-import csv
 import statistics
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from qgen import data, files
+from qgen import data
 from qgen.corruptions import LABELS as CORRUPTION_LABELS
-from qgen.experiments import RunSpec, select_runs
-from qgen.quant import PRECISIONS
+from qgen.errors import UnknownNameError
+from qgen.experiments import RunSpec, select_point
+from qgen.vocab import PRECISION_LABELS, PRECISIONS
 
-PRECISION_LABELS = {"fp32": "FP32", "int8": "Int8", "int4": "Int4", "int2": "Int2"}
 TABLE1_METRICS = {
     "train_acc": ("train", "accuracy", 100.0),
     "test_acc": ("test", "accuracy", 100.0),
     "train_loss": ("train", "loss", 1.0),
     "test_loss": ("test", "loss", 1.0),
 }
-
-
-def load_results(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
-    """Read result files (``metrics.json``, ``measures.json``); one without the expected keys is an error.
-
-    A per-run CSV (``corruptions.csv``) is read as ``{"spec", "status", "rows"}``, its spec and status
-    taken from the run's ``metrics.json`` beside it.
-    """
-    loaded = []
-    for path in paths:
-        per_run_csv = Path(path).suffix == ".csv"
-        metrics = files.read_json(Path(path).with_name("metrics.json") if per_run_csv else path)
-        missing = {"spec", "status"} - set(metrics)
-        if missing:
-            raise ValueError(f"{path}: not a qgen result file (missing {sorted(missing)})")
-        if per_run_csv:
-            metrics = {"spec": metrics["spec"], "status": metrics["status"], "rows": read_csv(path)}
-        loaded.append(metrics)
-    return loaded
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -99,21 +79,16 @@ def one_run_per_precision(
 ) -> Iterator[tuple[Mapping[str, Any], str, Mapping[str, Any]]]:
     """``(row, precision, result)`` for tables whose rows each pick one grid point of an experiment.
 
-    ``rows`` lists ``{"experiment", "where", "model"}``; ``where`` must pick exactly one grid point.
+    ``rows`` lists ``{"experiment", "where", "model"}``; ``where`` must pick exactly one grid point
+    (:func:`qgen.experiments.select_point`).
     """
     specs = [RunSpec.from_dict(r["spec"]) for r in results]
     by_id = {spec.run_id: r for spec, r in zip(specs, results, strict=True)}
     for row in rows:
-        chosen = select_runs(specs, row["experiment"], row.get("where"))
+        chosen = {s.precision: s for s in select_point(specs, row["experiment"], row.get("where"))}
         for precision in PRECISIONS:
-            matches = [s for s in chosen if s.precision == precision]
-            if len(matches) > 1:
-                raise ValueError(
-                    f"table row {row['model']!r} matches {len(matches)} runs at {precision}; "
-                    f"narrow its 'where' to one grid point: {[s.point for s in matches]}"
-                )
-            if matches:
-                yield row, precision, by_id[matches[0].run_id]
+            if precision in chosen:
+                yield row, precision, by_id[chosen[precision].run_id]
 
 
 def _row_record(row: Mapping[str, Any], precision: str, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,43 +150,6 @@ def summarize_measures(
         record["hessian_trace"] = curvature.get("trace", {}).get("value")
         out.append(record)
     return out
-
-
-def write_csv(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``records`` as CSV (empty cells for ``None``); an empty table is an error."""
-    if not records:
-        raise ValueError(f"{path}: no rows to write; do the table's runs exist in the config?")
-    header = list(records[0])
-    lines = [",".join(header)]
-    for r in records:
-        lines.append(",".join(_csv_cell(r[k]) for k in header))
-    files.write_text(path, "\n".join(lines) + "\n")
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    text = repr(value) if isinstance(value, float) else str(value)
-    return f'"{text}"' if "," in text or '"' in text else text
-
-
-def read_csv(path: Path | str) -> list[dict[str, Any]]:
-    """Read a summary CSV back, turning numeric cells into numbers and empty cells into ``None``."""
-    with open(path, newline="") as fh:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _parse(text: str) -> Any:
-    if text == "":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def latex_escape(text: str) -> str:
@@ -405,11 +343,11 @@ def table(name: str) -> Table:
     try:
         return TABLES[name]
     except KeyError:
-        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}") from None
+        raise UnknownNameError(f"unknown table {name!r}; known: {sorted(TABLES)}") from None
 
 
-def render(template: Path | str, context: Mapping[str, Any]) -> str:
-    """Fill a LaTeX jinja2 template.
+def render(template: Path | str, context: Mapping[str, Any], source: str = "a qgen summary") -> str:
+    """Fill a LaTeX jinja2 template; ``source`` (the summary file and its digest) goes into its header.
 
     LaTeX-friendly delimiters: blocks ``\\BLOCK{...}``, values ``\\VAR{...}``, comments ``\\#{...}``.
     """
@@ -433,6 +371,7 @@ def render(template: Path | str, context: Mapping[str, Any]) -> str:
         "fmt_mean_std": fmt_mean_std,
         "precision_label": PRECISION_LABELS.get,
         "groupby_first": _first_of_group,
+        "source": source,
     }
     return env.get_template(path.name).render(**context)
 

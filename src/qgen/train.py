@@ -1,18 +1,26 @@
 """Training one run: FP32 or LSQ-quantized, resumable, keeping the lowest-training-loss epoch (paper §4.2).
 
-Outputs (``out_dir``): ``model.pt`` (the selected weights), ``init.pt`` (the weights before the first
-step, needed by the flatness measures) and ``metrics.json`` (written last; its presence marks a finished
-run). Resume state lives in ``ckpt_dir`` (``state.pt``) and is rewritten atomically after every epoch,
-every ``checkpoint_every_s`` seconds inside an epoch (at a batch boundary, with the batch index and the
-epoch's running sums), and at once when SIGTERM or SIGUSR1 arrives (SLURM's preemption and time-limit
-warnings), after which training stops with :class:`Stopped`. A job killed at any point (SIGKILL, node
-loss) restarts from its last checkpoint and ends with the same weights and metrics as an uninterrupted
-run: data order and augmentation are a function of ``(seed, epoch)`` only, and the loaders skip the
-batches an interrupted epoch had already trained on.
+Outputs (``out_dir``, see :mod:`qgen.runs`): ``model.pt`` (the selected weights), ``init.pt`` (the weights
+before the first step, needed by the flatness measures) and ``metrics.json`` (written last; its presence
+marks a finished run), each recording the spec and its digest. Resume state lives in
+``<ckpt_dir>/<short digest>/state.pt``: one directory per spec digest
+(:attr:`qgen.experiments.RunSpec.digest`), so a changed spec starts afresh and never resumes, overwrites
+or deletes another spec's state (remove a ``<short digest>`` directory, whose ``spec.json`` says which
+spec it holds, to reclaim its space). ``<ckpt_dir>/lock`` is held while the run trains
+(:func:`qgen.files.exclusive_lock`): a second trainer of the same run stops at once, naming the first.
+
+The state is rewritten atomically after every epoch, every ``checkpoint_every_s`` seconds inside an epoch
+(at a batch boundary, with the batch index and the epoch's running sums), and at once when SIGTERM,
+SIGUSR1 (SLURM's preemption and time-limit warnings) or SIGINT (Ctrl-C) arrives, after which training
+stops with :class:`Stopped`. A job killed at any point (SIGKILL, node loss) restarts from its last
+checkpoint and ends with the same weights and metrics as an uninterrupted run: data order and
+augmentation are a function of ``(seed, epoch)`` only, and the loaders skip the batches an interrupted
+epoch had already trained on. The initial weights are rebuilt from the seed on every start and checked
+against the digest the state recorded, so ``init.pt`` is always the W0 of this very spec.
 
 Under ``torchrun`` the run is data-parallel (:mod:`qgen.distributed`): every process trains on its slice
-of each global batch, only rank 0 writes, and the checkpoint holds the global state, so a run may resume
-with another number of processes.
+of each global batch, only rank 0 writes (and locks), and the checkpoint holds the global state, so a run
+may resume with another number of processes.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -36,10 +44,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from qgen import data, files, models, quant
+from qgen import data, files, quant
 from qgen.distributed import Replicas
+from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.norms import weight_norm
+from qgen.runs import Evaluation, build_model, evaluate, resolve_device, tensors_digest
 
 log = logging.getLogger(__name__)
 
@@ -47,36 +57,12 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 SELECTION = ("epoch_loss", "train_loss")
 PROGRESS_EVERY_S = 30.0
 CHECKPOINT_EVERY_S = 300.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_STOPPED = 75  # EX_TEMPFAIL: the job did not fail, it should be run again (Snakemake retries it)
 
 
 class Stopped(Exception):
     """Training stopped on a signal after writing its checkpoint; the same command resumes it."""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Mean per-sample cross-entropy and accuracy (a fraction) over a whole split."""
-
-    loss: float
-    accuracy: float
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when available; anything else is passed to :class:`torch.device`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_model(spec: RunSpec) -> nn.Module:
-    """The run's model with quantizers attached (the step init reads the freshly built weights)."""
-    info = data.dataset_info(spec.dataset)
-    model = models.create_model(spec.model, info.num_classes, **spec.model_args)
-    return quant.quantize_model(
-        model, quant.bits_of(spec.precision), quantize_first_last=spec.quantize_first_last
-    )
 
 
 def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
@@ -95,28 +81,7 @@ def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=spec.lr)
     if spec.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=spec.lr)
-    raise ValueError(f"unknown optimizer {spec.optimizer!r}; expected one of {OPTIMIZERS}")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: data.BatchLoader, replicas: Replicas | None = None) -> Evaluation:
-    """Eval-mode loss and accuracy with summed per-sample losses (not a mean of batch means).
-
-    Sums stay on the model's device until the end, so no batch waits on the host. With ``replicas``, each
-    process evaluates its shard of ``loader`` and the sums are added over processes.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for images, labels in loader:
-        logits = model(images)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
-        correct += (logits.argmax(1) == labels).sum()
-    if replicas is not None and replicas.parallel:
-        sums = replicas.sum(torch.stack([total_loss, correct.double()]))
-        total_loss, correct = sums[0], sums[1].long()
-    return Evaluation(float(total_loss) / loader.num_samples, int(correct) / loader.num_samples)
+    raise QgenError(f"unknown optimizer {spec.optimizer!r}; expected one of {OPTIMIZERS}")
 
 
 @dataclass
@@ -139,7 +104,7 @@ class Checkpointer:
 
     def __init__(self, every_s: float, replicas: Replicas, device: torch.device) -> None:
         if every_s <= 0:
-            raise ValueError(f"checkpoint interval must be > 0 seconds, got {every_s}")
+            raise QgenError(f"checkpoint interval must be > 0 seconds, got {every_s}")
         self.every_s, self.replicas, self.device = every_s, replicas, device
         self.last = time.monotonic()
         self.received: int | None = None
@@ -248,10 +213,11 @@ class TrainState:
     elapsed_s: float
     diverged_at: int | None
     spec: str
+    init_digest: str
     progress: dict[str, Any] = field(default_factory=lambda: asdict(EpochProgress()))
 
     @classmethod
-    def fresh(cls, model: nn.Module, spec: RunSpec) -> TrainState:
+    def fresh(cls, model: nn.Module, spec: RunSpec, init_digest: str) -> TrainState:
         """The state before the first epoch; the initial weights stand in as the best so far."""
         return cls(
             epoch=0,
@@ -265,6 +231,7 @@ class TrainState:
             elapsed_s=0.0,
             diverged_at=None,
             spec=spec.to_json(),
+            init_digest=init_digest,
         )
 
 
@@ -272,14 +239,24 @@ def _clone(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state_dict.items()}
 
 
-def _load_state(path: Path, spec: RunSpec) -> TrainState | None:
+def _load_state(path: Path, spec: RunSpec, init_digest: str) -> TrainState | None:
+    """The resume state in ``path``, checked to continue exactly this spec from these initial weights."""
     if not path.exists():
         return None
-    state = TrainState(**torch.load(path, map_location="cpu", weights_only=False))
+    restart = f"delete {path.parent} to restart this run from scratch"
+    loaded = files.load_torch(path, restart)
+    try:
+        state = TrainState(**loaded)
+    except TypeError as error:
+        raise ProvenanceError(
+            f"{path} is not a qgen training state of this version ({error}); {restart}"
+        ) from None
     if state.spec != spec.to_json():
-        raise ValueError(
-            f"checkpoint {path} belongs to a different run configuration; "
-            f"delete {path.parent} to start this run afresh"
+        raise ProvenanceError(f"{path} holds the state of another run spec than {spec.run_id}'s; {restart}")
+    if state.init_digest != init_digest:
+        raise ProvenanceError(
+            f"{path}: the initial weights rebuilt from seed {spec.seed} differ from those this run started "
+            f"from (did torch, timm or the pretrained weights change?); {restart}"
         )
     return state
 
@@ -300,22 +277,30 @@ def train(
     workers: int = 0,
     checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> dict[str, Any]:
-    """Train ``spec`` to completion (resuming from ``ckpt_dir`` if possible) and write the outputs.
+    """Train ``spec`` to completion (resuming from ``ckpt_dir/<short digest>``) and write its outputs.
 
-    Data-parallel when started by ``torchrun`` (:class:`qgen.distributed.Replicas`). Raises
-    :class:`Stopped` after checkpointing when SIGTERM or SIGUSR1 arrives.
+    ``ckpt_dir`` is the run's checkpoint directory (e.g. ``results/checkpoints/<run id>``); it holds the
+    lock and one state directory per spec digest. Data-parallel when started by ``torchrun``
+    (:class:`qgen.distributed.Replicas`). Raises :class:`Stopped` after checkpointing when one of
+    :data:`STOP_SIGNALS` arrives, and :class:`~qgen.errors.LockedError` if another process trains the run.
     """
     if spec.select_by not in SELECTION:
-        raise ValueError(f"select_by must be one of {SELECTION}, got {spec.select_by!r}")
+        raise QgenError(f"select_by must be one of {SELECTION}, got {spec.select_by!r}")
     replicas = Replicas.from_env()
     dev = replicas.device(resolve_device(device))
-    replicas.start(dev)
-    try:
-        return _train(
-            spec, data_root, out_dir, ckpt_dir, dev, workers, Checkpointer(checkpoint_every_s, replicas, dev)
-        )
-    finally:
-        replicas.stop()
+    lock = files.exclusive_lock(ckpt_dir, f"run {spec.run_id}") if replicas.writer else nullcontext()
+    with lock:
+        replicas.start(dev)
+        try:
+            checkpointer = Checkpointer(checkpoint_every_s, replicas, dev)
+            return _train(spec, data_root, out_dir, state_dir(ckpt_dir, spec), dev, workers, checkpointer)
+        finally:
+            replicas.stop()
+
+
+def state_dir(ckpt_dir: Path, spec: RunSpec) -> Path:
+    """Where the resume state of ``spec`` lives inside the run's checkpoint directory."""
+    return ckpt_dir / spec.short_digest
 
 
 def _train(
@@ -348,19 +333,24 @@ def _train(
     )
 
     torch.manual_seed(spec.seed)
-    model = build_model(spec).to(dev)
+    model = build_model(spec)
+    init_state = _clone(model.state_dict())  # W0, rebuilt identically from the seed on every start
+    init_digest = tensors_digest(init_state)
+    model = model.to(dev)
     optimizer = build_optimizer(model, spec)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
     stepped: nn.Module = model
     if replicas.parallel:
         stepped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    init_path, state_path = ckpt_dir / "init.pt", ckpt_dir / "state.pt"
-    if replicas.writer and not init_path.exists():
-        files.save_torch(init_path, {"spec": spec.to_json(), "state_dict": model.state_dict()})
-    state = _load_state(state_path, spec)
+    state_path = ckpt_dir / "state.pt"
+    if replicas.writer and not (ckpt_dir / "spec.json").exists():
+        files.write_json(
+            ckpt_dir / "spec.json", {"run_id": spec.run_id, "digest": spec.digest, "spec": spec.to_dict()}
+        )
+    state = _load_state(state_path, spec, init_digest)
     if state is None:
-        state = TrainState.fresh(model, spec)
+        state = TrainState.fresh(model, spec, init_digest)
     else:
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
@@ -448,14 +438,14 @@ def _train(
             state.epoch = epoch
             save(EpochProgress())
 
-    return _finish(spec, state, model, init_path, train_eval_loader, test_loader, out_dir, dev, replicas)
+    return _finish(spec, state, model, init_state, train_eval_loader, test_loader, out_dir, dev, replicas)
 
 
 def _finish(
     spec: RunSpec,
     state: TrainState,
     model: nn.Module,
-    init_path: Path,
+    init_state: dict[str, Tensor],
     train_eval_loader: data.BatchLoader,
     test_loader: data.BatchLoader,
     out_dir: Path,
@@ -467,7 +457,8 @@ def _finish(
     metrics: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
         "run_id": spec.run_id,
-        "spec": asdict(spec),
+        "run_digest": spec.digest,
+        "spec": spec.to_dict(),
         "status": "diverged" if state.diverged_at is not None else "ok",
         "diverged_at_epoch": state.diverged_at,
         "selected_epoch": state.best_epoch or None,
@@ -500,10 +491,10 @@ def _finish(
         )
     if not replicas.writer:
         return metrics
+    provenance = {"spec": spec.to_json(), "run_digest": spec.digest}
     files.save_torch(
-        out_dir / "model.pt",
-        {"spec": spec.to_json(), "epoch": state.best_epoch, "state_dict": model.state_dict()},
+        out_dir / "model.pt", provenance | {"epoch": state.best_epoch, "state_dict": model.state_dict()}
     )
-    files.copy_file(init_path, out_dir / "init.pt")
+    files.save_torch(out_dir / "init.pt", provenance | {"state_dict": init_state})
     files.write_json(out_dir / "metrics.json", metrics)
     return metrics

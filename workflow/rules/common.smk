@@ -1,5 +1,6 @@
 # Helpers shared by all rules: config validation, the run table, wildcard constraints, input functions.
-# Only the standard library and qgen.experiments are imported here, so building the DAG never imports torch.
+# Only the standard library and torch-free qgen modules are imported here, so building the DAG never
+# imports torch.
 import json
 import os
 import shlex
@@ -7,15 +8,58 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from qgen.experiments import expand_runs, experiments_by_name, pack_runs, select_runs
+from qgen.config import check_config, configured_summaries
+from qgen.errors import QgenError
+from qgen.experiments import (
+    digest_of,
+    expand_runs,
+    experiments_by_name,
+    pack_runs,
+    summary_config,
+    summary_rows,
+)
+from qgen.summary import config_path, summary_path, write_config
+from qgen.vocab import FIGURE_NAMES, SUMMARIES, TABLE_NAMES
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMA = "../schemas/config.schema.yaml"
+
+
+def shown_path(path):
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
+# Everything is checked before any job runs, and reported in a few lines naming the keys at fault.
+try:
+    check_config(
+        config,
+        os.path.join(workflow.current_basedir, SCHEMA),
+        [shown_path(f) for f in workflow.configfiles],
+    )
+except QgenError as error:
+    raise WorkflowError(str(error)) from None
+validate(config, schema=SCHEMA)
 
 RUNS = {run.run_id: run for run in expand_runs(config)}
 EXPERIMENTS = experiments_by_name(config)
-# The tables to produce: those with rows. An empty list switches off a table of config.yaml, e.g. in the
-# demo's experiment set, which is merged over config.yaml key by key.
-TABLES = {name: rows for name, rows in config["tables"].items() if rows}
+# The tables and figures to produce: those configured (a table with no rows is switched off, e.g. in the
+# demo's experiment set, which is merged over config.yaml key by key).
+SUMMARIZED = configured_summaries(config)
+TABLES = [name for name in SUMMARIZED if name in TABLE_NAMES]
+FIGURES = [name for name in SUMMARIZED if name in FIGURE_NAMES]
+# Each summary is defined by a slice of the config, kept in results/summary/<name>.config.json and
+# rewritten here whenever it changes: the summary and what is rendered from it then have a newer input,
+# so Snakemake rebuilds them even without its metadata (a copied results/), and each job checks that its
+# files were made from exactly that slice.
+# A dry run writes only the files still missing (the summary rules need them as inputs) and leaves the
+# others to the `digest` params, which Snakemake's metadata compares; remote jobs write nothing.
+SLICES = {name: summary_config(config, name) for name in SUMMARIZED}
+DIGESTS = {name: digest_of(sliced) for name, sliced in SLICES.items()}
+if workflow.is_main_process:
+    for name, sliced in SLICES.items():
+        if not workflow.dryrun or not os.path.exists(config_path(name)):
+            write_config(config_path(name), sliced)
 
 
 wildcard_constraints:
@@ -23,7 +67,10 @@ wildcard_constraints:
     precision="|".join(config["precisions"]),
     point="[^/]+",
     dataset="[a-z0-9_]+",
-    table="|".join(TABLES),
+    table="|".join(TABLES) or "(?!)",
+    summary="|".join(SUMMARIZED) or "(?!)",
+    digest="[0-9a-f]{16}",
+    pack="pack[0-9]+-[0-9]{4}",
 
 
 def dataset_root(dataset):
@@ -55,7 +102,8 @@ def train_data_marker(wildcards):
     )
 
 
-def train_spec(wildcards):
+def run_spec(wildcards):
+    """The run as the config defines it: every job that makes or uses its files checks them against it."""
     return run_of(wildcards).to_json()
 
 
@@ -63,60 +111,48 @@ def train_data_root(wildcards):
     return dataset_root(run_of(wildcards).dataset)
 
 
-def table_runs(name):
-    """The runs a table summarises: whole experiments (Table 1) or one grid point per row (Table 2)."""
-    chosen = []
-    for row in TABLES[name]:
-        chosen += select_runs(RUNS.values(), row["experiment"], row.get("where"))
-    return chosen
+def summary_runs(name):
+    """The runs a table or figure shows (its rows' experiments or grid points, qgen.experiments)."""
+    return [run for row in summary_rows(SLICES[name]) for run in row.runs]
 
 
-# The result file each table summarises: training metrics, or the flatness measures (Table 3).
-TABLE_INPUT = {
-    "table1": "metrics.json",
-    "table2": "metrics.json",
-    "table3": "measures.json",
-    "table4": "corruptions.csv",
-    "table5": "corruptions.csv",
-    "table6": "corruptions.csv",
-}
+def summary_inputs(wildcards):
+    """What a summary reads: its config slice, and each run's result (in its run directory, or its surface
+    for Figure 2)."""
+    name = wildcards.summary
+    runs = summary_runs(name)
+    require_results(runs, "metrics.json", summary_path(name))
+    result = SUMMARIES[name].result
+    if result == "landscape":
+        results = [f"results/landscape/{run.run_id}.npz" for run in runs]
+    else:
+        results = [f"results/runs/{run.run_id}/{result}" for run in runs]
+    if result == "model.pt":
+        results += [f"results/runs/{run.run_id}/metrics.json" for run in runs]
+    return {"config": config_path(name), "results": results}
 
 
-def table_results(wildcards):
-    require_results(
-        table_runs(wildcards.table),
-        "metrics.json",
-        f"paper_tables/{wildcards.table}.tex",
-    )
-    return expand(
-        "results/runs/{run_id}/{file}",
-        run_id=[r.run_id for r in table_runs(wildcards.table)],
-        file=TABLE_INPUT[wildcards.table],
-    )
+def table_config(wildcards):
+    return config_path(wildcards.table)
+
+
+def summary_digest(name):
+    """The digest of summary ``name``'s config slice, as a rule's params (Snakemake's metadata trigger)."""
+    return lambda wildcards: DIGESTS[name]
+
+
+def summary_digest_of(wildcards):
+    return DIGESTS[
+        wildcards.summary if "summary" in wildcards.keys() else wildcards.table
+    ]
+
+
+def table_summary(wildcards):
+    return summary_path(wildcards.table)
 
 
 def measure_settings(wildcards):
     return json.dumps(config.get("measures", {}))
-
-
-def table_rows(wildcards):
-    """The table's rows as JSON, each labelled with the experiment's model label unless it has its own."""
-    return labelled_rows(TABLES[wildcards.table])
-
-
-def labelled_rows(config_rows):
-    """Rows of a table or figure as JSON: experiment, model label (the experiment's unless given), where."""
-    rows = []
-    for row in config_rows:
-        label = row.get("label", EXPERIMENTS[row["experiment"]]["label"])
-        rows.append(
-            {
-                "experiment": row["experiment"],
-                "model": label,
-                "where": row.get("where", {}),
-            }
-        )
-    return json.dumps(rows)
 
 
 def repo_path(*parts):
@@ -130,7 +166,7 @@ def table_template(wildcards):
 
 
 def paper_tables():
-    return expand("paper_tables/{table}.tex", table=list(TABLES))
+    return expand("paper_tables/{table}.tex", table=TABLES)
 
 
 def all_run_metrics():
@@ -172,6 +208,10 @@ def run_corruption_root(wildcards):
     return corruption_root(run_of(wildcards).dataset)
 
 
+def run_corruption_setting(wildcards):
+    return json.dumps(corruption_setting(run_of(wildcards).dataset))
+
+
 def corruption_seed(wildcards):
     return corruption_setting(wildcards.dataset).get("seed", 0)
 
@@ -187,77 +227,36 @@ def corruption_batch_size(wildcards):
 
 
 # Figures (paper Figures 1-2) and the reproduction report.
-FIGURES = config.get("figures", {})
+FIGURE_CONFIG = config.get("figures", {})
 # The paper tables the report compares with our summaries (those configured in `tables`).
-REPORT_TABLES = ("table1", "table2", "table3", "table4")
-
-
-def figure1_runs():
-    """The quantized runs of Figure 1's rows (FP32 has no learned step)."""
-    chosen = []
-    for row in FIGURES["figure1"]:
-        runs = select_runs(RUNS.values(), row["experiment"], row.get("where"))
-        chosen += [run for run in runs if run.precision != "fp32"]
-    return chosen
-
-
-def figure1_inputs(wildcards):
-    run_ids = [run.run_id for run in figure1_runs()]
-    return {
-        "metrics": expand("results/runs/{run_id}/metrics.json", run_id=run_ids),
-        "models": expand("results/runs/{run_id}/model.pt", run_id=run_ids),
-    }
-
-
-def figure1_rows(wildcards):
-    return labelled_rows(FIGURES["figure1"])
-
-
-def figure2_runs():
-    """One run per precision: the grid point of Figure 2's experiment that its `where` picks."""
-    spec = FIGURES["figure2"]
-    runs = select_runs(RUNS.values(), spec["experiment"], spec.get("where"))
-    points = sorted({run.point for run in runs})
-    if len(points) != 1:
-        raise ValueError(
-            f"figures.figure2 matches {len(points)} grid points of {spec['experiment']!r}: {points}; "
-            "narrow its 'where' to one"
-        )
-    return runs
+REPORT_SOURCES = [
+    name for name in ("table1", "table2", "table3", "table4") if name in TABLES
+] + FIGURES
 
 
 def figure2_surfaces(wildcards):
-    return expand(
-        "results/landscape/{run_id}.npz", run_id=[r.run_id for r in figure2_runs()]
-    )
-
-
-def figure2_label(wildcards):
-    spec = FIGURES["figure2"]
-    return spec.get("label", EXPERIMENTS[spec["experiment"]]["label"])
+    return [f"results/landscape/{run.run_id}.npz" for run in summary_runs("figure2")]
 
 
 def figure2_options(wildcards):
-    zmax = FIGURES["figure2"].get("zmax")
+    zmax = FIGURE_CONFIG["figure2"].get("zmax")
     return "" if zmax is None else f"--zmax {zmax}"
 
 
 def landscape_settings(wildcards):
-    return json.dumps(FIGURES["figure2"].get("surface", {}))
+    return json.dumps(FIGURE_CONFIG["figure2"].get("surface", {}))
 
 
 def paper_figures():
-    return expand(
-        "paper_tables/{figure}.{ext}", figure=list(FIGURES), ext=["pdf", "png"]
-    )
+    return expand("paper_tables/{figure}.{ext}", figure=FIGURES, ext=["pdf", "png"])
 
 
 def report_inputs(wildcards):
-    """The report's inputs: the transcribed paper, its templates, and our configured results."""
+    """The report's inputs: the transcribed paper, its templates, and our configured summaries."""
     inputs = {
         "paper": [
             repo_path("workflow", "resources", "paper", f"{t}.csv")
-            for t in REPORT_TABLES
+            for t in ("table1", "table2", "table3", "table4")
         ],
         "notes": repo_path("workflow", "resources", "paper", "notes.yaml"),
         "templates": [
@@ -265,20 +264,24 @@ def report_inputs(wildcards):
             for ext in ("md", "html")
         ],
     }
-    for table in REPORT_TABLES:
-        if table in TABLES:
-            inputs[table] = f"results/summary/{table}.csv"
-    for figure in FIGURES:
-        inputs[figure] = f"paper_tables/{figure}.csv"
+    for name in REPORT_SOURCES:
+        inputs[name] = summary_path(name)
+        inputs[f"{name}_config"] = config_path(name)
     return inputs
 
 
 def report_results(wildcards, input):
-    """Our results as NAME=PATH arguments of `qgen report`."""
-    names = [*REPORT_TABLES, *FIGURES]
-    return " ".join(
-        shlex.quote(f"{name}={input[name]}") for name in names if name in input.keys()
-    )
+    """Our summaries and their config slices as NAME=PATH arguments of `qgen report`."""
+    results = [shlex.quote(f"{name}={input[name]}") for name in REPORT_SOURCES]
+    configs = [
+        shlex.quote(f"{name}={input[name + '_config']}") for name in REPORT_SOURCES
+    ]
+    return f"--results {' '.join(results)} --configs {' '.join(configs)}"
+
+
+def report_digests(wildcards):
+    """The digests of the report's summaries (params, for Snakemake's metadata trigger)."""
+    return [DIGESTS[name] for name in REPORT_SOURCES]
 
 
 # --- Cluster scale: which rule trains a run, packs of small runs, and the guard against local training.
@@ -294,6 +297,10 @@ PACKS = (
     else {}
 )
 PACK_OF = {run.run_id: name for name, members in PACKS.items() for run in members}
+# A pack's manifest is named by the digest of its members' specs, so a changed member is a new pack.
+PACK_DIGESTS = {
+    name: digest_of([run.digest for run in members]) for name, members in PACKS.items()
+}
 
 
 def experiments_regex(names):
@@ -314,12 +321,21 @@ SINGLE_EXPERIMENTS = experiments_regex(
 )
 
 
+def pack_name(wildcards):
+    name = f"{wildcards.experiment}/{wildcards.pack}"
+    if wildcards.digest != PACK_DIGESTS[name][:16]:
+        raise WorkflowError(
+            f"pack {name} of this config has digest {PACK_DIGESTS[name][:16]}"
+        )
+    return name
+
+
 def pack_members(wildcards):
-    return PACKS[f"{wildcards.experiment}/{wildcards.pack}"]
+    return PACKS[pack_name(wildcards)]
 
 
 def pack_specs(wildcards):
-    return json.dumps([json.loads(run.to_json()) for run in pack_members(wildcards)])
+    return json.dumps([run.to_dict() for run in pack_members(wildcards)])
 
 
 def pack_data_marker(wildcards):
@@ -333,11 +349,8 @@ def pack_data_root(wildcards):
 def pack_manifest(wildcards):
     run = run_of(wildcards)
     require_results([run], "metrics.json", f"results/runs/{run.run_id}/metrics.json")
-    return f"results/packs/{PACK_OF[run_of(wildcards).run_id]}.json"
-
-
-def run_id(wildcards):
-    return run_of(wildcards).run_id
+    name = PACK_OF[run.run_id]
+    return f"results/packs/{name}-{PACK_DIGESTS[name][:16]}.json"
 
 
 def require_results(runs, file, target):

@@ -45,8 +45,11 @@ rule evaluate_corruptions:
     threads: 1
     params:
         run_dir=measure_run_dir,
+        spec=run_spec,
         root=run_corruption_root,
+        data_setting=run_corruption_setting,
         batch_size=corruption_batch_size,
     shell:
-        "qgen evaluate-corruptions --run-dir {params.run_dir:q} --root {params.root:q} --out {output:q}"
+        "qgen evaluate-corruptions --run-dir {params.run_dir:q} --spec {params.spec:q} --root {params.root:q}"
+        " --data-setting {params.data_setting:q} --out {output:q}"
         " --batch-size {params.batch_size} --threads {threads} --workers {threads} > {log:q} 2>&1"

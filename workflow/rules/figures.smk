@@ -1,32 +1,21 @@
-rule step_sizes:
-    input:
-        unpack(figure1_inputs),
-    output:
-        "paper_tables/figure1.csv",
-    log:
-        "logs/figures/figure1.step_sizes.log",
-    localrule: True
-    conda:
-        "../../envs/qgen.yaml"
-    params:
-        rows=figure1_rows,
-    shell:
-        "qgen step-sizes --rows {params.rows:q} --out {output:q} {input.metrics:q} > {log:q} 2>&1"
-
-
 rule figure1:
     input:
-        "paper_tables/figure1.csv",
+        csv="results/summary/figure1.csv",
+        config="results/summary/figure1.config.json",
     output:
         pdf="paper_tables/figure1.pdf",
         png="paper_tables/figure1.png",
+        data="paper_tables/figure1.csv",
     log:
         "logs/figures/figure1.log",
     localrule: True
     conda:
         "../../envs/qgen.yaml"
+    params:
+        digest=summary_digest("figure1"),
     shell:
-        "qgen figure1 --csv {input:q} --out {output.pdf:q} {output.png:q} > {log:q} 2>&1"
+        "qgen figure1 --csv {input.csv:q} --config {input.config:q}"
+        " --out {output.pdf:q} {output.png:q} --data {output.data:q} > {log:q} 2>&1"
 
 
 rule landscape:
@@ -43,28 +32,31 @@ rule landscape:
     threads: 1
     params:
         run_dir=measure_run_dir,
+        spec=run_spec,
         data_root=train_data_root,
         settings=landscape_settings,
     shell:
-        "qgen landscape --run-dir {params.run_dir:q} --data-root {params.data_root:q}"
+        "qgen landscape --run-dir {params.run_dir:q} --spec {params.spec:q} --data-root {params.data_root:q}"
         " --settings {params.settings:q} --out {output:q} --threads {threads} >> {log:q} 2>&1"
 
 
 rule figure2:
     input:
-        figure2_surfaces,
+        csv="results/summary/figure2.csv",
+        config="results/summary/figure2.config.json",
+        surfaces=figure2_surfaces,
     output:
         pdf="paper_tables/figure2.pdf",
         png="paper_tables/figure2.png",
-        csv="paper_tables/figure2.csv",
+        data="paper_tables/figure2.csv",
     log:
         "logs/figures/figure2.log",
     localrule: True
     conda:
         "../../envs/qgen.yaml"
     params:
-        label=figure2_label,
+        digest=summary_digest("figure2"),
         options=figure2_options,
     shell:
-        "qgen figure2 --label {params.label:q} {params.options} --csv {output.csv:q}"
-        " --surfaces {input:q} --out {output.pdf:q} {output.png:q} > {log:q} 2>&1"
+        "qgen figure2 --csv {input.csv:q} --config {input.config:q} --surfaces {input.surfaces:q}"
+        " {params.options} --out {output.pdf:q} {output.png:q} --data {output.data:q} > {log:q} 2>&1"

@@ -13,8 +13,9 @@ rule measure:
     threads: 1
     params:
         run_dir=measure_run_dir,
+        spec=run_spec,
         data_root=train_data_root,
         settings=measure_settings,
     shell:
-        "qgen measure --run-dir {params.run_dir:q} --data-root {params.data_root:q}"
+        "qgen measure --run-dir {params.run_dir:q} --spec {params.spec:q} --data-root {params.data_root:q}"
         " --settings {params.settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -11,6 +11,7 @@ rule report:
         "../../envs/qgen.yaml"
     params:
         results=report_results,
+        digests=report_digests,
     shell:
-        "qgen report --paper {input.paper:q} --notes {input.notes:q} --results {params.results}"
+        "qgen report --paper {input.paper:q} --notes {input.notes:q} {params.results}"
         " --templates {input.templates:q} --out {output.md:q} {output.html:q} > {log:q} 2>&1"

@@ -1,22 +1,23 @@
-rule summarize_table:
+rule summarize:
     input:
-        table_results,
+        unpack(summary_inputs),
     output:
-        "results/summary/{table}.csv",
+        "results/summary/{summary}.csv",
     log:
-        "logs/tables/{table}.summarize.log",
+        "logs/summary/{summary}.log",
     localrule: True
     conda:
         "../../envs/qgen.yaml"
     params:
-        rows=table_rows,
+        digest=summary_digest_of,
     shell:
-        "qgen summarize {wildcards.table} --rows {params.rows:q} --out {output:q} {input:q} > {log:q} 2>&1"
+        "qgen summarize {wildcards.summary} --config {input.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule render_table:
     input:
-        csv="results/summary/{table}.csv",
+        csv=table_summary,
+        config=table_config,
         template=table_template,
     output:
         "paper_tables/{table}.tex",
@@ -25,5 +26,8 @@ rule render_table:
     localrule: True
     conda:
         "../../envs/qgen.yaml"
+    params:
+        digest=summary_digest_of,
     shell:
-        "qgen render {wildcards.table} --csv {input.csv:q} --template {input.template:q} --out {output:q} > {log:q} 2>&1"
+        "qgen render {wildcards.table} --csv {input.csv:q} --config {input.config:q}"
+        " --template {input.template:q} --out {output:q} > {log:q} 2>&1"

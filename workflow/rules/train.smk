@@ -13,11 +13,10 @@ rule train:
         "../../envs/qgen.yaml"
     threads: 1
     params:
-        spec=train_spec,
+        spec=run_spec,
         data_root=train_data_root,
         out_dir=run_dir,
         ckpt_dir="results/checkpoints/{experiment}/{precision}/{point}",
-        code_version=config["code_version"],
     shell:
         "qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
         " --out {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
@@ -42,11 +41,10 @@ rule train_distributed:
     resources:
         gpu=1,
     params:
-        spec=train_spec,
+        spec=run_spec,
         data_root=train_data_root,
         out_dir=run_dir,
         ckpt_dir="results/checkpoints/{experiment}/{precision}/{point}",
-        code_version=config["code_version"],
     shell:
         "torchrun --standalone --nproc-per-node {resources.gpu} --no-python"
         " qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
@@ -59,16 +57,15 @@ rule train_pack:
     input:
         data=pack_data_marker,
     output:
-        "results/packs/{experiment}/{pack}.json",
+        "results/packs/{experiment}/{pack}-{digest}.json",
     log:
-        "logs/train_pack/{experiment}/{pack}.log",
+        "logs/train_pack/{experiment}/{pack}-{digest}.log",
     conda:
         "../../envs/qgen.yaml"
     threads: 1
     params:
         specs=pack_specs,
         data_root=pack_data_root,
-        code_version=config["code_version"],
     shell:
         "qgen train-many --specs {params.specs:q} --data-root {params.data_root:q}"
         " --ckpt-root results/checkpoints --manifest {output:q}"
@@ -90,7 +87,7 @@ rule unpack_run:
     conda:
         "../../envs/qgen.yaml"
     params:
-        run=run_id,
+        spec=run_spec,
         out_dir=run_dir,
     shell:
-        "qgen unpack --manifest {input:q} --run {params.run:q} --out {params.out_dir:q} > {log:q} 2>&1"
+        "qgen unpack --manifest {input:q} --spec {params.spec:q} --out {params.out_dir:q} > {log:q} 2>&1"

@@ -6,11 +6,13 @@ summed per-sample losses). Test losses are summed per-sample losses over the spl
 (:func:`qgen.train.evaluate`), not a mean of batch means.
 
 Results go to a tidy CSV (one row per corruption and severity). Finished splits are kept in a hidden
-``.corruptions.partial.json`` beside the run, so a killed job resumes with the next split.
+``.corruptions.<key>.partial.json`` beside the run (:func:`partial_path`), so a killed job resumes with
+the next split.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,16 +22,15 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from qgen import data, files, tables
+from qgen import data, files
 from qgen.corruptions import CORRUPTIONS, SEVERITIES
 from qgen.corruptions.layout import folder_problems, layout_for_size, npy_problems, read_npy_split
-from qgen.measures.run import load_run
-from qgen.train import evaluate, resolve_device
+from qgen.experiments import RunSpec, digest_of
+from qgen.runs import evaluate, load_run, resolve_device
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-PARTIAL = ".corruptions.partial.json"
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class CorruptionResult:
 
     schema_version: int
     run_id: str
+    run_digest: str
+    data: str
     experiment: str
     precision: str
     point: str
@@ -99,26 +102,39 @@ def check_corrupted_root(dataset: str, root: Path) -> None:
         raise FileNotFoundError(f"corrupted {dataset} under {root} is incomplete: {'; '.join(problems[:5])}")
 
 
+def partial_path(run_dir: Path, spec: RunSpec, data_setting: dict[str, Any], root: Path) -> Path:
+    """The resume file of one run on one corrupted set: keyed by both, so neither a retrained run nor
+    other corrupted data ever resumes from it."""
+    key = digest_of([spec.digest, data_setting, str(root)])[:16]
+    return run_dir / f".corruptions.{key}.partial.json"
+
+
 def evaluate_corruptions(
     run_dir: Path,
+    spec: RunSpec,
     root: Path,
+    data_setting: dict[str, Any],
     *,
     batch_size: int = 500,
     device: str = "auto",
     workers: int = 0,
 ) -> list[CorruptionResult]:
-    """Every corruption x severity of the run in ``run_dir`` on the corrupted test set under ``root``."""
-    spec, model, metrics = load_run(run_dir)
-    partial_path = run_dir / PARTIAL
+    """Every corruption x severity of the run of ``spec`` in ``run_dir`` on the corrupted set under ``root``.
+
+    ``data_setting`` is the config's ``corruptions.data.<dataset>`` entry; every row records it (as JSON)
+    and the run's digest, which the corruption tables check against their config.
+    """
+    model, metrics = load_run(run_dir, spec)
+    resume = partial_path(run_dir, spec, data_setting, root)
     done: dict[tuple[str, int], dict[str, Any]] = {}
-    if partial_path.exists():
-        saved = files.read_json(partial_path)
-        if saved["root"] == str(root):
-            done = {(r["corruption"], r["severity"]): r for r in saved["rows"]}
-            log.info("%s: resuming after %d finished splits", spec.run_id, len(done))
+    if resume.exists():
+        done = {(r["corruption"], r["severity"]): r for r in files.read_json(resume)["rows"]}
+        log.info("%s: resuming after %d finished splits", spec.run_id, len(done))
     base = {
         "schema_version": SCHEMA_VERSION,
         "run_id": spec.run_id,
+        "run_digest": spec.digest,
+        "data": json.dumps(data_setting, sort_keys=True),
         "experiment": spec.experiment,
         "precision": spec.precision,
         "point": spec.point,
@@ -156,7 +172,7 @@ def evaluate_corruptions(
                     "loss": result.loss,
                     "accuracy": result.accuracy,
                 }
-                files.write_json(partial_path, {"root": str(root), "rows": list(done.values())})
+                files.write_json(resume, {"root": str(root), "rows": list(done.values())})
                 log.info(
                     "%s: %s severity %d: loss %.4f, accuracy %.2f%% (%d images)",
                     spec.run_id,
@@ -171,7 +187,7 @@ def evaluate_corruptions(
     return rows
 
 
-def write_results(path: Path, rows: list[CorruptionResult], run_dir: Path) -> None:
+def write_results(path: Path, rows: list[CorruptionResult], resume: Path) -> None:
     """Write ``corruptions.csv`` and drop the resume file."""
-    tables.write_csv(path, [asdict(r) for r in rows])
-    (run_dir / PARTIAL).unlink(missing_ok=True)
+    files.write_csv(path, [asdict(r) for r in rows])
+    resume.unlink(missing_ok=True)

@@ -13,36 +13,24 @@ Which network is measured (``weights``, docs/decisions.md):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from qgen import data, files, hessian
-from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
+from qgen import data, hessian
+from qgen.errors import QgenError
+from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec, require_known_keys
 from qgen.folding import fold_batchnorm, folded_pairs, materialize_weights
 from qgen.measures.flatness import MeasureSettings, flatness_measures
 from qgen.measures.perturb import EvalSet
 from qgen.norms import weight_parameters
-from qgen.train import build_model, resolve_device
+from qgen.runs import load_model, load_run, resolve_device
 
 WeightChoice = Literal["quantized", "latent"]
-
-
-def load_model(path: Path, spec: RunSpec) -> nn.Module:
-    """The model of ``spec`` with the weights saved in ``path`` (``model.pt`` or ``init.pt``), eval mode."""
-    model = build_model(spec)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
-    return model.eval()
-
-
-def load_run(run_dir: Path) -> tuple[RunSpec, nn.Module, dict[str, Any]]:
-    """The run's spec, trained model (``model.pt``) and metrics; :func:`load_model` reads ``init.pt``."""
-    metrics = files.read_json(run_dir / "metrics.json")
-    spec = RunSpec.from_dict(metrics["spec"])
-    return spec, load_model(run_dir / "model.pt", spec), metrics
 
 
 def measured_network(model: nn.Module, weights: WeightChoice) -> nn.Module:
@@ -51,7 +39,7 @@ def measured_network(model: nn.Module, weights: WeightChoice) -> nn.Module:
         return fold_batchnorm(materialize_weights(model, quantized=True)).eval()
     if weights == "latent":
         return model.eval()
-    raise ValueError(f"weights must be 'quantized' or 'latent', got {weights!r}")
+    raise QgenError(f"weights must be 'quantized' or 'latent', got {weights!r}")
 
 
 def training_eval_set(
@@ -86,45 +74,63 @@ def eval_subset_index(m: int, subset: int | None, seed: int) -> torch.Tensor | N
     if subset is None:
         return None
     if subset > m:
-        raise ValueError(f"eval_subset {subset} exceeds the training-set size {m}")
+        raise QgenError(f"eval_subset {subset} exceeds the training-set size {m}")
     return torch.randperm(m, generator=torch.Generator().manual_seed(seed))[:subset].sort().values
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Which network and data a measure job measures, and whether it adds curvature (beyond the paper)."""
+
+    weights: WeightChoice = "quantized"
+    eval_subset: int | None = None
+    batch_size: int = 500
+    curvature: bool = True
+    curvature_iters: int = 100
+    curvature_samples: int = 100
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[MeasureSettings, RunOptions]:
+    """The config's ``measures`` block as search settings and run options; an unknown key is an error."""
+    run_keys = {f.name for f in fields(RunOptions)}
+    searches = {k: v for k, v in options.items() if k not in run_keys}
+    require_known_keys(MeasureSettings, searches, "measure setting(s)")
+    return MeasureSettings(**searches), RunOptions(**{k: v for k, v in options.items() if k in run_keys})
+
+
 def measure_run(
-    run_dir: Path,
-    data_root: Path,
-    settings: MeasureSettings,
-    *,
-    weights: WeightChoice = "quantized",
-    eval_subset: int | None = None,
-    batch_size: int = 500,
-    curvature: bool = True,
-    curvature_iters: int = 100,
-    curvature_samples: int = 100,
-    device: str = "auto",
+    run_dir: Path, spec: RunSpec, data_root: Path, options: Mapping[str, Any], *, device: str = "auto"
 ) -> dict[str, Any]:
-    """All measures of the run in ``run_dir`` as one JSON-ready record (``measures.json``)."""
+    """All measures of the run of ``spec`` in ``run_dir`` as one JSON-ready record (``measures.json``).
+
+    ``options`` is the config's ``measures`` block (:func:`split_options`); the record keeps it as
+    ``measure_settings``, which a table of these measures checks against its config. The run's files are
+    checked to be of exactly ``spec`` first (:func:`qgen.runs.load_run`).
+    """
     started = time.perf_counter()
-    spec, model, metrics = load_run(run_dir)
+    settings, run = split_options(options)
+    model, metrics = load_run(run_dir, spec)
     record: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
         "run_id": spec.run_id,
-        "spec": asdict(spec),
+        "run_digest": spec.digest,
+        "spec": spec.to_dict(),
+        "measure_settings": dict(options),
         "status": metrics["status"],
-        "weights": weights,
-        "eval_subset": eval_subset,
+        "weights": run.weights,
+        "eval_subset": run.eval_subset,
     }
     if metrics["status"] != "ok":
         return record
     dev = resolve_device(device)
-    network = measured_network(model, weights).to(dev)
-    reference = measured_network(load_model(run_dir / "init.pt", spec), weights).to(dev)
-    evalset, m = training_eval_set(spec, data_root, eval_subset, batch_size, dev)
-    record["folded_batchnorm"] = len(folded_pairs(model)) if weights == "quantized" else 0
+    network = measured_network(model, run.weights).to(dev)
+    reference = measured_network(load_model(run_dir / "init.pt", spec), run.weights).to(dev)
+    evalset, m = training_eval_set(spec, data_root, run.eval_subset, run.batch_size, dev)
+    record["folded_batchnorm"] = len(folded_pairs(model)) if run.weights == "quantized" else 0
     record |= flatness_measures(network, reference, evalset, m, settings)
-    if curvature:
+    if run.curvature:
         record["curvature"] = curvature_of(
-            network, evalset, settings.seed, curvature_iters, curvature_samples
+            network, evalset, settings.seed, run.curvature_iters, run.curvature_samples
         )
     record["wall_time_s"] = time.perf_counter() - started
     record["device"] = str(dev)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from qgen.errors import QgenError
 from qgen.models._factory import MODELS
 from qgen.models._layers import conv_bn
 
@@ -74,7 +75,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if base_width < 1:
-            raise ValueError(f"ResNet base_width must be >= 1, got {base_width}")
+            raise QgenError(f"ResNet base_width must be >= 1, got {base_width}")
         self.stem = conv_bn(3, base_width, 3)
         stages = []
         in_channels = base_width

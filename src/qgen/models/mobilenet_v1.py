@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from qgen.errors import QgenError
 from qgen.models._factory import MODELS
 from qgen.models._layers import conv_bn
 
@@ -47,7 +48,7 @@ class CifarMobileNetV1(nn.Module):
     def __init__(self, num_classes: int, width_mult: float) -> None:
         super().__init__()
         if width_mult <= 0:
-            raise ValueError(f"MobileNet-V1 width_mult must be > 0, got {width_mult}")
+            raise QgenError(f"MobileNet-V1 width_mult must be > 0, got {width_mult}")
 
         def scaled(channels: int) -> int:
             return max(1, int(channels * width_mult))

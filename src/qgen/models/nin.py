@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from qgen.errors import QgenError
 from qgen.models._factory import MODELS
 
 
@@ -51,7 +52,7 @@ class NiN(nn.Module):
     def __init__(self, num_classes: int, depth: int, width: int, base_width: int) -> None:
         super().__init__()
         if depth < 1 or width < 1 or base_width < 1:
-            raise ValueError(
+            raise QgenError(
                 f"NiN depth, width and base_width must be >= 1, got {depth}, {width}, {base_width}"
             )
         channels = base_width * width

@@ -1,0 +1,127 @@
+"""The project's vocabulary: the names a config, a rule or a table uses, with their facts, torch-free.
+
+Snakemake builds the DAG from this module (through :mod:`qgen.experiments`), so it imports only the
+standard library: a config can be checked completely, model arguments included, before any job runs
+and without importing torch.
+
+Models: each registry model (``qgen.models``) is described here by the keyword arguments its
+constructor takes, with their types and defaults. ``qgen.models`` refuses to register a constructor
+whose signature differs from its description, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from qgen.errors import QgenError
+
+Scalar = bool | int | float | str
+
+PRECISIONS: Mapping[str, int | None] = {"fp32": None, "int8": 8, "int4": 4, "int2": 2}
+"""Precision name -> weight bit width (``None``: no quantizer), in the paper's column order."""
+PRECISION_LABELS: Mapping[str, str] = {"fp32": "FP32", "int8": "Int8", "int4": "Int4", "int2": "Int2"}
+"""How tables, figures and the report print each precision."""
+
+
+@dataclass(frozen=True)
+class ModelArgument:
+    """One keyword argument of a model constructor (besides ``num_classes``)."""
+
+    name: str
+    kind: type[bool] | type[int] | type[float] | type[str]
+    default: Scalar
+
+    def check(self, value: Any, where: str) -> Scalar:
+        """``value`` in canonical form (an int given for a float argument becomes a float), or a
+        :class:`~qgen.errors.QgenError` naming ``where`` and the expected type."""
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if type(value) is not self.kind:
+            raise QgenError(
+                f"{where}: {self.name}={value!r} is a {type(value).__name__}, expected a {self.kind.__name__}"
+            )
+        return value
+
+
+def _args(
+    *arguments: tuple[str, type[bool] | type[int] | type[float] | type[str], Scalar],
+) -> tuple[ModelArgument, ...]:
+    return tuple(ModelArgument(name, kind, default) for name, kind, default in arguments)
+
+
+_PRETRAINED = _args(("pretrained", bool, False))
+
+MODEL_ARGUMENTS: Mapping[str, tuple[ModelArgument, ...]] = {
+    "nin": _args(("depth", int, 2), ("width", int, 8), ("base_width", int, 25)),
+    "resnet18_cifar": _args(("base_width", int, 16)),
+    "resnet50_cifar": _args(("base_width", int, 16)),
+    "mobilenet_v1_cifar": _args(("width_mult", float, 1.0)),
+    "vgg19_cifar": (),
+    "resnet18": _PRETRAINED,
+    "resnet50": _PRETRAINED,
+    "mobilenet_v2": _PRETRAINED,
+    "deit_tiny_patch16_224": _PRETRAINED,
+    "swin_tiny_patch4_window7_224": _PRETRAINED,
+}
+"""Model name -> the keyword arguments of its constructor, in signature order."""
+
+
+def model_arguments(model: str) -> tuple[ModelArgument, ...]:
+    """The described arguments of ``model``; a :class:`~qgen.errors.QgenError` for an unknown model."""
+    try:
+        return MODEL_ARGUMENTS[model]
+    except KeyError:
+        raise QgenError(f"unknown model {model!r}; known: {', '.join(sorted(MODEL_ARGUMENTS))}") from None
+
+
+def resolve_model_args(model: str, given: Mapping[str, Any], where: str) -> dict[str, Scalar]:
+    """Every constructor argument of ``model``: the ``given`` ones checked and canonical, the rest at their
+    defaults. An unknown or mistyped argument is a :class:`~qgen.errors.QgenError` naming ``where``."""
+    arguments = {a.name: a for a in model_arguments(model)}
+    unknown = sorted(set(given) - set(arguments))
+    if unknown:
+        accepted = ", ".join(arguments) or "no arguments"
+        raise QgenError(
+            f"{where}: {', '.join(map(repr, unknown))} is not an argument of model {model!r}; "
+            f"it takes {accepted}"
+        )
+    return {
+        name: a.check(given[name], where) if name in given else a.default for name, a in arguments.items()
+    }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A table or figure the workflow summarises from runs: what each run contributes and what it needs.
+
+    ``result`` is the file each run contributes (in its run directory), ``one_point`` whether each row
+    shows one grid point (one run per precision) rather than a whole experiment, and ``settings`` the
+    config section, besides the runs, that its results were made with (checked by ``qgen summarize``);
+    ``quantized_only`` leaves FP32 runs out (they have no learned step to show).
+    """
+
+    name: str
+    result: str
+    one_point: bool
+    settings: tuple[str, ...] = ()
+    quantized_only: bool = False
+
+
+SUMMARIES: Mapping[str, Summary] = {
+    s.name: s
+    for s in (
+        Summary("table1", "metrics.json", one_point=False),
+        Summary("table2", "metrics.json", one_point=True),
+        Summary("table3", "measures.json", one_point=True, settings=("measures",)),
+        Summary("table4", "corruptions.csv", one_point=True, settings=("corruptions", "data")),
+        Summary("table5", "corruptions.csv", one_point=True, settings=("corruptions", "data")),
+        Summary("table6", "corruptions.csv", one_point=True, settings=("corruptions", "data")),
+        Summary("figure1", "model.pt", one_point=True, quantized_only=True),
+        Summary("figure2", "landscape", one_point=True, settings=("figures", "figure2", "surface")),
+    )
+}
+"""Every summary the workflow can build: the paper's Tables 1-6 and Figures 1-2."""
+TABLE_NAMES = tuple(name for name in SUMMARIES if name.startswith("table"))
+FIGURE_NAMES = tuple(name for name in SUMMARIES if name.startswith("figure"))
