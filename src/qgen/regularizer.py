@@ -295,11 +295,15 @@ def _first_order_pass(
 def _outputs(
     plain: nn.Module, images: Tensor, labels: Tensor
 ) -> Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]]:
-    """Weights -> (logits as ``(B, K)``, summed cross-entropy) of ``plain`` on one batch."""
+    """Weights -> (logits as ``(B, K)``, summed cross-entropy) of ``plain`` on one batch.
+
+    The cross-entropy is taken in float64: the loss change between two nearby points is a small
+    difference of large sums.
+    """
 
     def outputs(weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logits = functional_call(plain, weights, (images,)).reshape(len(labels), -1)
-        return logits, F.cross_entropy(logits, labels, reduction="sum")
+        return logits, F.cross_entropy(logits.double(), labels, reduction="sum")
 
     return outputs
 
