@@ -136,7 +136,7 @@ def test_uniform_noise_expectation_matches_the_full_jacobian_closed_form() -> No
     images = torch.cat([x for x, _ in data])
     jac = jacrev(lambda w: functional_call(plain, w, (images,)))(latent)  # key -> (N, K, *w.shape)
     n = len(images)
-    flat = torch.cat([jac[k].reshape(n * 5, -1) for k in latent], dim=1)  # (N K, P)
+    flat = torch.cat([jac[k].detach().reshape(n * 5, -1) for k in latent], dim=1)  # (N K, P)
     variance = torch.cat([torch.full((latent[k].numel(),), steps[k] ** 2 / 12) for k in latent])
     fourth = torch.cat([torch.full((latent[k].numel(),), steps[k] ** 4 / 80) for k in latent])
     # E‖JΔ‖² averaged over samples = Σ_i (δ_i²/12) Σ_{n,k} J_nki² / N
