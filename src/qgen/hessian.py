@@ -15,7 +15,8 @@ uses its running statistics and does not update them, and it is left as it was f
 ``requires_grad`` flags and every module's training flag. Power iteration and the trace estimator make
 many passes over the loader, which must yield the same batches on each pass (qgen's loaders do for a
 fixed epoch). Random vectors come from a generator seeded by ``seed``, so results are reproducible on one
-device.
+device. Both estimators log their progress at INFO: the first pass, then at most every
+:data:`PROGRESS_EVERY_S` seconds (checked once per pass), and the result.
 """
 
 from __future__ import annotations

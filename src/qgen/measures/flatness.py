@@ -3,7 +3,8 @@
 Four searches find the largest perturbation scale that moves training accuracy by ``target`` (0.1):
 ``sigma`` (Gaussian noise), ``sigma_mag`` (magnitude-aware Gaussian noise), ``alpha`` (projected gradient
 ascent in the box ``|u_i| <= alpha``) and ``alpha_mag`` (box ``|u_i| <= alpha' |w_i|``). Each scale enters
-an *init* bound (``||W - W0||``) and an *orig* bound (``||W||``).
+an *init* bound (``||W - W0||``) and an *orig* bound (``||W||``). Each search logs its progress
+(:class:`SearchProgress`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code.
+    """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code,
+    except ``perturb`` (``all``, kept for configs and records written before ``reference`` existed; the
+    paper config sets ``reference``, docs/decisions.md).
 
     Speed settings that leave every searched scale unchanged: ``copies_per_pass`` (``None``: all
     ``samples`` copies per pass on a GPU, one at a time on a CPU; see
