@@ -147,7 +147,7 @@ class SearchProgress:
         made = self.completed + tally.evaluated
         log.info(
             "%s search, step %d/%d at scale %.6g: %s, %.0f%% of the step evaluated; elapsed %s, "
-            "at most ~%s left",
+            "up to ~%s left",
             self.search,
             self.step + 1,
             self.depth,

@@ -51,7 +51,8 @@ class EvalSet:
 
 
 def perturbed_network(model: nn.Module, which: PerturbedSet) -> nn.Module:
-    """The network whose parameters the searches perturb, computing ``model``'s function.
+    """The network whose parameters the searches perturb, computing ``model``'s function (for
+    ``reference`` up to a factor ``1 / sqrt(1 + eps)`` at each rebuilt BN).
 
     ``model`` itself for ``all`` and ``weights``; for ``reference`` a copy in which every BN that
     :func:`~qgen.folding.fold_batchnorm` folded away is back as the identity BN the reference code leaves
