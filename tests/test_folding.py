@@ -11,7 +11,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from qgen.folding import BatchNorm, fold_batchnorm, folded_pairs, materialize_weights
+from qgen.folding import (
+    BatchNorm,
+    FoldedBatchNorm,
+    fold_batchnorm,
+    folded_pairs,
+    materialize_weights,
+    with_identity_batchnorm,
+)
 from qgen.models import create_model
 from qgen.quant import latent_weight, quantize_model
 
@@ -159,6 +166,43 @@ def test_layer_kinds_fold_exactly_into_a_biased_layer(case: str) -> None:
     assert isinstance(folded[1], nn.Identity)
     assert isinstance(folded[0].bias, nn.Parameter) and folded[0].bias.shape == (folded[0].weight.shape[0],)
     assert_same_function(folded, model, torch.randn(shape))
+
+
+def test_identity_batchnorm_is_the_reference_leftover_computing_x_over_sqrt_one_plus_eps() -> None:
+    """The reference's ``_reparam`` leaves gamma 1, beta 0, mean 0, var 1 and the BN's own eps."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm_(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=0.1))).eval()
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], FoldedBatchNorm) and folded[1].eps == 0.1
+
+    reference = with_identity_batchnorm(folded)
+
+    bn = reference[1]
+    assert type(bn) is nn.BatchNorm2d and bn.eps == 0.1 and not bn.training
+    for tensor, value in ((bn.weight, 1.0), (bn.bias, 0.0), (bn.running_mean, 0.0), (bn.running_var, 1.0)):
+        assert torch.equal(tensor, torch.full((4,), value))
+    assert isinstance(folded[1], FoldedBatchNorm), "the folded model was modified"
+    assert all(torch.equal(reference[0].state_dict()[k], v) for k, v in folded[0].state_dict().items())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x), folded(x) / 1.1**0.5)
+
+
+def test_identity_batchnorm_nin_computes_the_folded_function_with_the_unfolded_names() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm_(create_model("nin", num_classes=10, depth=2, width=1)).eval()
+    folded = fold_batchnorm(model)
+
+    reference = with_identity_batchnorm(folded)
+
+    assert batchnorm_names(reference) == batchnorm_names(model)
+    assert [n for n, _ in reference.named_parameters()] == [n for n, _ in model.named_parameters()]
+    folded_params = dict(folded.named_parameters())
+    for name, p in reference.named_parameters():
+        if name.rpartition(".")[0] not in batchnorm_names(model):
+            assert torch.equal(p, folded_params[name]), name
+    assert_same_function(reference, folded, torch.randn(4, 3, 32, 32))
+    assert_same_function(reference, model, torch.randn(4, 3, 32, 32))
 
 
 class Wired(nn.Module):

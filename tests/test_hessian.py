@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -118,6 +120,36 @@ def test_trace_is_within_three_standard_errors_with_the_right_standard_error() -
     assert result.std_error == pytest.approx(expected_std_error, rel=0.15)
     assert result.samples == len(result.history) == samples
     assert result.value == result.history[-1]
+
+
+def logged_number(label: str, line: str) -> float:
+    """The number after ``label`` in a log line."""
+    match = re.search(re.escape(label) + r" ([-+0-9.e]+)", line)
+    assert match is not None, f"no {label!r} in {line!r}"
+    return float(match.group(1))
+
+
+def test_power_iteration_and_trace_log_their_progress(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no interval between lines, every iteration and probe logs its count and running estimate."""
+    monkeypatch.setattr(hessian, "PROGRESS_EVERY_S", 0.0)
+    model, batches = linear_classifier()
+    with caplog.at_level(logging.INFO, logger="qgen.hessian"):
+        top = hessian.top_eigenvalue(model, batches, max_iter=3, tol=1e-12)
+        tr = hessian.trace(model, batches, samples=3, seed=4)
+    lines = [r.getMessage() for r in caplog.records if r.name == "qgen.hessian"]
+    iterations = [line for line in lines if line.startswith("top eigenvalue: iteration")]
+    assert [line.split(",")[0] for line in iterations] == [
+        f"top eigenvalue: iteration {i} (at most 3)" for i in (1, 2, 3)
+    ]
+    assert [logged_number("estimate", line) for line in iterations] == pytest.approx(top.history, rel=1e-5)
+    assert f"top eigenvalue: {top.value:.6g} after 3 iterations (not converged)" in lines[3]
+    probes = [line for line in lines if line.startswith("Hessian trace: probe")]
+    assert [line.split(",")[0] for line in probes] == [f"Hessian trace: probe {i}/3" for i in (1, 2, 3)]
+    assert [logged_number("running mean", line) for line in probes] == pytest.approx(tr.history, rel=1e-5)
+    assert all("elapsed" in line for line in iterations + probes)
+    assert lines[-1].startswith(f"Hessian trace: {tr.value:.6g} +- ")
 
 
 def test_params_subset_gives_the_hessian_block() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import statistics
 
 import pytest
@@ -12,16 +13,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from qgen import data
-from qgen.measures import bounds
-from qgen.measures.flatness import MeasureSettings, flatness_measures
+from qgen.folding import fold_batchnorm
+from qgen.measures import bounds, flatness
+from qgen.measures.flatness import FlatnessSearch, MeasureSettings, flatness_measures
 from qgen.measures.perturb import (
     EvalSet,
     PerturbedEvaluator,
+    PerturbedSet,
     StepTally,
     gaussian_std,
     perturbed_names,
+    perturbed_network,
     t_quantile,
 )
+from qgen.measures.run import measured_network
 from qgen.norms import weight_vector
 from qgen.runs import build_model
 
@@ -29,6 +34,12 @@ from helpers import tiny_spec, train_tiny
 
 SPEC = tiny_spec()
 FAST = MeasureSettings(depth=5, samples=4, copies_per_pass=4, ascent_steps=4, ascent_batch=32)
+
+C, K = 25, 10
+"""Channels (base width 25 x width 1) and classes of SPEC's NiN 2x1."""
+CONV_BN = [(f"blocks.{b}.conv{i}", f"blocks.{b}.bn{i}") for b in (0, 1) for i in (1, 2, 3)]
+CONV_BN.append(("head.conv", "head.bn"))
+"""The NiN 2x1's (conv, BN) pairs in execution order: 3 per block, then the head's."""
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +98,124 @@ def test_perturbed_sets() -> None:
     assert set(weights) < set(all_names)
 
 
+def test_reference_perturbs_the_identity_bn_gamma_and_beta_too() -> None:
+    """On the measured (int4, folded) NiN 2x1: 7 conv weights (weights), with their biases (all; the
+    fold gave every conv a bias and removed the BNs), and the 7 identity BNs' gamma and beta (reference)."""
+    model = build_model(dataclasses.replace(SPEC, precision="int4"))
+    network = measured_network(model, "quantized")
+    weights = [f"{conv}.weight" for conv, _ in CONV_BN]
+    layers = [f"{conv}.{t}" for conv, _ in CONV_BN for t in ("weight", "bias")]
+    reference = [f"{m}.{t}" for pair in CONV_BN for m in pair for t in ("weight", "bias")]
+
+    def chosen(which: PerturbedSet) -> list[str]:  # materializing put some weights after their bias
+        return sorted(perturbed_names(perturbed_network(network, which), which))
+
+    assert (chosen("weights"), chosen("all"), chosen("reference")) == (
+        sorted(weights),
+        sorted(layers),
+        sorted(reference),
+    )
+    identity = perturbed_network(network, "reference")
+    assert (len(weights), len(layers), len(reference)) == (7, 14, 28)
+    sizes = {n: p.numel() for n, p in identity.named_parameters()}
+    omega = 27 * C + 2 * C**2 + 11 * C**2 + C * K  # NiN conv weights, depth 2
+    assert sum(sizes[n] for n in weights) == omega == weight_vector(network).numel()
+    assert sum(sizes[n] for n in layers) == omega + 6 * C + K
+    assert sum(sizes[n] for n in reference) == omega + 3 * (6 * C + K)
+    # Latent weights: no BN was folded, so reference perturbs what all does (every BN, no LSQ step).
+    latent = measured_network(model, "latent")
+    latent_names = perturbed_names(latent, "all")
+    assert perturbed_names(perturbed_network(latent, "reference"), "reference") == latent_names
+    assert not any(name.endswith(".step") for name in latent_names) and len(latent_names) == 28
+
+
+def test_reference_noise_on_the_identity_bn_follows_the_reference_formula(trained) -> None:
+    """Magnitude-aware noise under the reference convention has std ``sigma'^2 |p|^2 + eps^2``: so
+    ``sigma'^2 + eps^2`` on gamma = 1 and ``eps^2`` on beta = 0; plain noise has std ``sigma^2``."""
+    model, _, evalset = trained
+    search = FlatnessSearch(fold_batchnorm(model), evalset, dataclasses.replace(FAST, perturb="reference"))
+    sigma, eps = 0.3, FAST.epsilon
+    mag = search.gaussian_deltas("sigma_mag", True, sigma, step=0, copies=range(64))
+    plain = search.gaussian_deltas("sigma", False, sigma, step=0, copies=range(64))
+
+    def pooled(deltas: dict[str, torch.Tensor], tensor: str) -> torch.Tensor:
+        return torch.cat([deltas[f"{bn}.{tensor}"].flatten() for _, bn in CONV_BN])
+
+    samples = 64 * (6 * C + K)
+    for values, std in (
+        (pooled(mag, "weight"), sigma**2 + eps**2),
+        (pooled(mag, "bias"), eps**2),
+        (pooled(plain, "weight"), sigma**2),
+        (pooled(plain, "bias"), sigma**2),
+    ):
+        assert values.std().item() == pytest.approx(std, rel=0.05)
+        assert abs(values.mean().item()) < 4 * std / samples**0.5
+    w = search.evaluator.base["blocks.1.conv2.weight"]
+    scaled = mag["blocks.1.conv2.weight"] / (sigma**2 * w.square() + eps**2)
+    assert scaled.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_reference_option_leaves_the_weights_and_norms_of_the_bounds_alone(trained) -> None:
+    model, init, evalset = trained
+    network, reference = fold_batchnorm(model), fold_batchnorm(init)
+    cheap = MeasureSettings(depth=2, samples=2, copies_per_pass=2, ascent_steps=1, ascent_batch=16)
+    out = {
+        which: flatness_measures(
+            network, reference, evalset, SPEC.n_train, dataclasses.replace(cheap, perturb=which)
+        )
+        for which in ("all", "reference")
+    }
+    w, w0 = weight_vector(network), weight_vector(reference)
+    for record in out.values():
+        assert record["omega"] == w.numel() == weight_vector(perturbed_network(network, "reference")).numel()
+        assert record["norms"] == {
+            "w": pytest.approx(float(w.norm())),
+            "w_minus_w0": pytest.approx(float((w - w0).norm())),
+        }
+    assert (
+        out["all"]["omega"] == out["reference"]["omega"] and out["all"]["norms"] == out["reference"]["norms"]
+    )
+    assert out["all"]["perturbed"] == {"tensors": 14, "parameters": w.numel() + 6 * C + K}
+    assert out["reference"]["perturbed"] == {"tensors": 28, "parameters": w.numel() + 3 * (6 * C + K)}
+    assert abs(out["all"]["train_accuracy"] - out["reference"]["train_accuracy"]) <= 1 / len(evalset)
+
+
+def test_unknown_setting_choices_are_rejected_naming_key_and_choices() -> None:
+    with pytest.raises(
+        ValueError, match=r"measures\.perturb must be one of all, weights, reference; got 'bn'"
+    ):
+        MeasureSettings(perturb="bn")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"measures\.noise must be one of reference, jiang; got 'std'"):
+        MeasureSettings(noise="std")  # type: ignore[arg-type]
+
+
+def test_search_logs_each_step_with_scale_deviation_fraction_and_time(
+    trained, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no interval between lines, every batch logs too; each completed step logs its outcome."""
+    monkeypatch.setattr(flatness, "PROGRESS_EVERY_S", 0.0)
+    model, _, evalset = trained
+    search = FlatnessSearch(model, evalset, dataclasses.replace(FAST, depth=4, samples=2, copies_per_pass=1))
+    with caplog.at_level(logging.INFO, logger="qgen.measures.flatness"):
+        result = search.gaussian(magnitude_aware=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "qgen.measures.flatness"]
+
+    assert lines[0] == "sigma search: at most 4 steps of 2 copies x 400 images"
+    steps = [line for line in lines[1:-1] if "so far" not in line]
+    assert len(steps) == result.iterations
+    fractions = search.evaluated_fraction["sigma"]
+    for k, ((scale, deviation), line) in enumerate(zip(result.trajectory, steps, strict=True)):
+        assert line.startswith(
+            f"sigma search, step {k + 1}/4 at scale {scale:.6g}: deviation {deviation:.4f} ("
+        )
+        assert f", {100 * fractions[k]:.0f}% of the step evaluated; elapsed " in line and line.endswith(
+            " left"
+        )
+    during = [line for line in lines if "so far" in line]
+    assert len(during) >= result.iterations and all("% of the step evaluated; elapsed" in x for x in during)
+    assert lines[-1].startswith(f"sigma search: {result.value:.6g} after {result.iterations} steps (")
+
+
 def test_noise_conventions() -> None:
     w = torch.tensor([0.5, -2.0])
     assert gaussian_std(w, 0.3, False, "reference", 1e-3) == pytest.approx(0.09)
@@ -97,8 +226,6 @@ def test_noise_conventions() -> None:
 
 def test_sigma_moves_training_accuracy_by_the_target(trained) -> None:
     model, _, evalset = trained
-    from qgen.measures.flatness import FlatnessSearch
-
     search = FlatnessSearch(model, evalset, dataclasses.replace(FAST, depth=12, samples=8, copies_per_pass=8))
     result = search.gaussian(magnitude_aware=False)
     assert result.converged and result.saturated is None

@@ -16,7 +16,10 @@ different order than they run, fails on bias-free convolutions and ignores ``Lin
 ``BatchNorm1d``. Here layers are paired by the traced data flow (:func:`torch.fx.symbolic_trace`):
 a BN is folded only when its sole input is the output of a conv/linear layer and nothing else reads
 that output. The folded model keeps the original module tree, with each folded BN replaced by
-:class:`~torch.nn.Identity`, so parameter names stay those of the unfolded model.
+:class:`FoldedBatchNorm` (an :class:`~torch.nn.Identity`), so parameter names stay those of the unfolded
+model. The reference code instead leaves each folded BN in place as an *identity BN* (gamma 1, beta 0,
+running mean 0, running variance 1, its ``eps`` kept, so it computes ``x / sqrt(1 + eps)``) whose gamma
+and beta it then perturbs with the weights; :func:`with_identity_batchnorm` rebuilds that network.
 """
 
 from __future__ import annotations
@@ -33,6 +36,40 @@ FoldableLayer: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 """Layers whose output channel is dimension 0 of the weight, so a BN can be folded into them."""
 
 BatchNorm: TypeAlias = nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d
+
+_BATCHNORM_KINDS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class FoldedBatchNorm(nn.Identity):
+    """The identity that :func:`fold_batchnorm` puts where it folded a BN away.
+
+    It remembers the BN's kind (1d/2d/3d), feature count, ``eps``, whether it had affine parameters and its
+    training flag, so that :meth:`identity_batchnorm` can rebuild the BN the reference code leaves after
+    its fold.
+    """
+
+    def __init__(self, bn: BatchNorm) -> None:
+        super().__init__()
+        self.kind: type[BatchNorm] = next(kind for kind in _BATCHNORM_KINDS if isinstance(bn, kind))
+        self.num_features = bn.num_features
+        self.eps = bn.eps
+        self.affine = bn.affine
+        self.train(bn.training)
+
+    def identity_batchnorm(self, like: torch.Tensor) -> BatchNorm:
+        """The folded BN as the reference code leaves it (Dziugaite et al., ``_reparam``).
+
+        ``_reparam`` fills gamma with 1, beta with 0, the running mean with 0 and the running variance
+        with 1 and keeps ``eps``: the values of a freshly built BN, which in eval mode computes
+        ``x / sqrt(1 + eps)``. The BN gets ``like``'s device and dtype and this module's training flag.
+        """
+        bn = self.kind(
+            self.num_features, eps=self.eps, affine=self.affine, device=like.device, dtype=like.dtype
+        )
+        return bn.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind.__name__}({self.num_features}, eps={self.eps}, affine={self.affine}) folded"
 
 
 def folded_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -67,7 +104,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every BN of :func:`folded_pairs` folded into its layer.
 
     The folded layer gets ``W' = scale * W`` and ``b' = beta + scale * (b - running_mean)`` (a bias
-    parameter is created for a bias-free layer) and the BN is replaced by ``nn.Identity``. The fold
+    parameter is created for a bias-free layer) and the BN is replaced by :class:`FoldedBatchNorm`, an
+    ``nn.Identity``. The fold
     reproduces the *eval-mode* function: a BN in training mode is folded with its running statistics
     too. BN layers that are not paired stay as they are, and the copy keeps ``model``'s training
     flag. ``model`` itself is not modified.
@@ -83,9 +121,25 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             _require_unparametrized(folded.get_submodule(name), name)
     for layer_name, bn_name in pairs:
         layer = cast(FoldableLayer, folded.get_submodule(layer_name))
-        _fold_into(layer, cast(BatchNorm, folded.get_submodule(bn_name)))
-        folded.set_submodule(bn_name, nn.Identity())
+        bn = cast(BatchNorm, folded.get_submodule(bn_name))
+        _fold_into(layer, bn)
+        folded.set_submodule(bn_name, FoldedBatchNorm(bn))
     return folded
+
+
+def with_identity_batchnorm(folded: nn.Module) -> nn.Module:
+    """A deep copy of a :func:`fold_batchnorm` result with every :class:`FoldedBatchNorm` replaced by its
+    identity BN (:meth:`FoldedBatchNorm.identity_batchnorm`): the folded network of the reference code.
+
+    In eval mode it computes the folded function up to a factor ``1 / sqrt(1 + eps)`` at each BN (about
+    ``1 - 5e-6`` for the default ``eps``). Module and parameter names are those of the unfolded model,
+    the identity BNs' gamma and beta included; the BNs take the device and dtype of ``folded``'s first
+    parameter. A model without folded BNs is returned as a plain copy.
+    """
+    copy_ = copy.deepcopy(folded)
+    for name, marker in [(n, m) for n, m in copy_.named_modules() if isinstance(m, FoldedBatchNorm)]:
+        copy_.set_submodule(name, marker.identity_batchnorm(next(copy_.parameters())))
+    return copy_
 
 
 def materialize_weights(model: nn.Module, *, quantized: bool = True) -> nn.Module:

@@ -15,11 +15,13 @@ uses its running statistics and does not update them, and it is left as it was f
 ``requires_grad`` flags and every module's training flag. Power iteration and the trace estimator make
 many passes over the loader, which must yield the same batches on each pass (qgen's loaders do for a
 fixed epoch). Random vectors come from a generator seeded by ``seed``, so results are reproducible on one
-device.
+device. Both estimators log their progress at INFO: the first pass, then at most every
+:data:`PROGRESS_EVERY_S` seconds (checked once per pass), and the result.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +30,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from qgen.progress import ProgressClock, duration
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0
+"""Seconds between progress lines of power iteration and the trace estimator (the first pass always logs)."""
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 """Any iterable of ``(images, labels)`` batches on the model's device, e.g. a ``qgen.data.BatchLoader``."""
@@ -99,17 +108,40 @@ def top_eigenvalue(
     start_norm = _dot(start, start).sqrt()
     v = [x / start_norm for x in start]
     history: list[float] = []
+    clock = ProgressClock(PROGRESS_EVERY_S)
     with _curvature_mode(model, params):
         for iteration in range(1, max_iter + 1):
             hv = _hvp(model, loader, v, params)
             quotient, norm = torch.stack([_dot(v, hv), _dot(hv, hv).sqrt()]).tolist()
             history.append(quotient)
+            if iteration == 1 or clock.due():
+                log.info(
+                    "top eigenvalue: iteration %d (at most %d), estimate %.6g; elapsed %s",
+                    iteration,
+                    max_iter,
+                    quotient,
+                    duration(clock.elapsed()),
+                )
             if norm == 0.0:  # H v = 0 for a random v, so H = 0 almost surely (e.g. a saturated softmax)
-                return EigenResult(quotient, iteration, True, history)
+                return _eigen_result(quotient, iteration, True, history, clock)
             if iteration > 1 and abs(quotient - history[-2]) < tol * abs(history[-2]):
-                return EigenResult(quotient, iteration, True, history)
+                return _eigen_result(quotient, iteration, True, history, clock)
             v = [h / norm for h in hv]
-    return EigenResult(history[-1], max_iter, False, history)
+    return _eigen_result(history[-1], max_iter, False, history, clock)
+
+
+def _eigen_result(
+    value: float, iterations: int, converged: bool, history: list[float], clock: ProgressClock
+) -> EigenResult:
+    """The result of :func:`top_eigenvalue`, logged."""
+    log.info(
+        "top eigenvalue: %.6g after %d iterations (%s) in %s",
+        value,
+        iterations,
+        "converged" if converged else "not converged",
+        duration(clock.elapsed()),
+    )
+    return EigenResult(value, iterations, converged, history)
 
 
 def trace(
@@ -131,14 +163,33 @@ def trace(
     params = _checked_params(model, params)
     generator = _generator(params, seed)
     draws = []
+    clock = ProgressClock(PROGRESS_EVERY_S)
     with _curvature_mode(model, params):
-        for _ in range(samples):
+        for probe in range(1, samples + 1):
             z = [torch.empty_like(p).bernoulli_(0.5, generator=generator).mul_(2).sub_(1) for p in params]
             draws.append(_dot(z, _hvp(model, loader, z, params)))
+            if probe == 1 or clock.due():
+                elapsed = clock.elapsed()
+                log.info(
+                    "Hessian trace: probe %d/%d, running mean %.6g; elapsed %s, ~%s left",
+                    probe,
+                    samples,
+                    float(torch.stack(draws).mean()),
+                    duration(elapsed),
+                    duration(elapsed / probe * (samples - probe)),
+                )
     values = torch.stack(draws)
     running = values.cumsum(0) / torch.arange(1, samples + 1, dtype=values.dtype, device=values.device)
     history = running.tolist()
-    return TraceResult(history[-1], float(values.std()) / math.sqrt(samples), samples, history)
+    std_error = float(values.std()) / math.sqrt(samples)
+    log.info(
+        "Hessian trace: %.6g +- %.2g from %d probes in %s",
+        history[-1],
+        std_error,
+        samples,
+        duration(clock.elapsed()),
+    )
+    return TraceResult(history[-1], std_error, samples, history)
 
 
 def _hvp(model: nn.Module, loader: Batches, vectors: Sequence[Tensor], params: list[Tensor]) -> list[Tensor]:

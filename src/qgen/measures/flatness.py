@@ -3,37 +3,48 @@
 Four searches find the largest perturbation scale that moves training accuracy by ``target`` (0.1):
 ``sigma`` (Gaussian noise), ``sigma_mag`` (magnitude-aware Gaussian noise), ``alpha`` (projected gradient
 ascent in the box ``|u_i| <= alpha``) and ``alpha_mag`` (box ``|u_i| <= alpha' |w_i|``). Each scale enters
-an *init* bound (``||W - W0||``) and an *orig* bound (``||W||``).
+an *init* bound (``||W - W0||``) and an *orig* bound (``||W||``). Each search logs its progress
+(:class:`SearchProgress`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from qgen.measures import bounds
 from qgen.measures.perturb import (
+    NOISE_CONVENTIONS,
+    PERTURBED_SETS,
     EvalSet,
     NoiseConvention,
     PerturbedEvaluator,
+    PerturbedSet,
     StepTally,
     gaussian_std,
     perturbed_names,
+    perturbed_network,
 )
 from qgen.measures.search import SearchResult, bisect_scale, bisection_move
 from qgen.norms import weight_vector
+from qgen.progress import ProgressClock, duration
+
+log = logging.getLogger(__name__)
 
 SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
 
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code.
+    """Every choice of the measurement protocol; defaults follow QGen App. B.2 and the reference code,
+    except ``perturb`` (``all``, kept for configs and records written before ``reference`` existed; the
+    paper config sets ``reference``, docs/decisions.md).
 
     Speed settings that leave every searched scale unchanged: ``copies_per_pass`` (``None``: all
     ``samples`` copies per pass on a GPU, one at a time on a CPU; see
@@ -51,7 +62,7 @@ class MeasureSettings:
     samples: int = 10
     copies_per_pass: int | None = None
     noise: NoiseConvention = "reference"
-    perturb: Literal["all", "weights"] = "all"
+    perturb: PerturbedSet = "all"
     ascent_steps: int = 20
     ascent_lr: float = 1e-4
     ascent_batch: int = 128
@@ -62,13 +73,99 @@ class MeasureSettings:
     sequential_confidence: float = 0.99
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for key, choices in (("noise", NOISE_CONVENTIONS), ("perturb", PERTURBED_SETS)):
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"measures.{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}"
+                )
+
+
+PROGRESS_EVERY_S = 30.0
+"""Seconds between a search's progress lines within a bisection step (every completed step logs too)."""
+
+_MOVES = {
+    "within": "within tolerance, stop",
+    "above": "above target, scale down",
+    "below": "below target, scale up",
+}
+
+
+class SearchProgress:
+    """Logs one search's progress at INFO: at its start, every :data:`PROGRESS_EVERY_S` seconds within a
+    bisection step, after each step and at its end.
+
+    A line gives the search, the step, its scale, the deviation of the predictions made so far, the
+    fraction of the step's predictions made, the elapsed time and an estimate of the most time left: the
+    predictions left if every remaining step ran in full, at the search's rate so far (the rate includes
+    the ascent of the alpha searches; steps stopped early make the search end sooner).
+    """
+
+    def __init__(self, search: str, settings: MeasureSettings, n: int) -> None:
+        self.search, self.depth = search, settings.depth
+        self.target, self.tol = settings.target, settings.tol
+        self.step_predictions = settings.samples * n
+        self.clock = ProgressClock(PROGRESS_EVERY_S)
+        self.completed = 0  # predictions made in completed steps
+        self.step, self.scale = 0, 0.0
+        log.info(
+            "%s search: at most %d steps of %d copies x %d images", search, self.depth, settings.samples, n
+        )
+
+    def begin(self, step: int, scale: float) -> None:
+        self.step, self.scale = step, scale
+
+    def batch(self, tally: StepTally) -> None:
+        """Log if a line is due (one clock read per batch)."""
+        if self.clock.due():
+            left = (self.depth - self.step) * self.step_predictions - tally.evaluated
+            self._log(tally, f"deviation so far {tally.deviation():.4f}", left)
+
+    def end(self, tally: StepTally) -> None:
+        self.completed += tally.evaluated
+        deviation = tally.deviation()
+        move = bisection_move(deviation, self.target, self.tol)
+        steps_left = 0 if move == "within" else self.depth - self.step - 1
+        self._log(tally, f"deviation {deviation:.4f} ({_MOVES[move]})", steps_left * self.step_predictions)
+
+    def finish(self, result: SearchResult) -> None:
+        state = "converged" if result.converged else "not converged"
+        if result.saturated is not None:
+            state += f", saturated at the {result.saturated} end"
+        log.info(
+            "%s search: %.6g after %d steps (%s) in %s",
+            self.search,
+            result.value,
+            result.iterations,
+            state,
+            duration(self.clock.elapsed()),
+        )
+
+    def _log(self, tally: StepTally, what: str, predictions_left: int) -> None:
+        """One progress line; ``predictions_left`` bounds the predictions still to make."""
+        elapsed = self.clock.elapsed()
+        made = self.completed + tally.evaluated
+        log.info(
+            "%s search, step %d/%d at scale %.6g: %s, %.0f%% of the step evaluated; elapsed %s, "
+            "up to ~%s left",
+            self.search,
+            self.step + 1,
+            self.depth,
+            self.scale,
+            what,
+            100 * tally.evaluated / self.step_predictions,
+            duration(elapsed),
+            duration(elapsed / made * predictions_left),
+        )
+
 
 class FlatnessSearch:
     """Runs the four searches of one model against one evaluation set."""
 
     def __init__(self, model: nn.Module, data: EvalSet, settings: MeasureSettings) -> None:
         self.settings = settings
-        self.evaluator = PerturbedEvaluator(model, data, perturbed_names(model, settings.perturb))
+        network = perturbed_network(model, settings.perturb)
+        self.evaluator = PerturbedEvaluator(network, data, perturbed_names(network, settings.perturb))
         self.base_accuracy = self.evaluator.unperturbed_accuracy()
         on_gpu = data.labels.device.type == "cuda"
         self.chunk = settings.copies_per_pass or (settings.samples if on_gpu else 1)
@@ -91,12 +188,15 @@ class FlatnessSearch:
             deviations[1], s.target, s.tol
         )
 
-    def _evaluate_copies(self, counts: Iterator[tuple[Tensor, int]], tally: StepTally) -> bool:
+    def _evaluate_copies(
+        self, counts: Iterator[tuple[Tensor, int]], tally: StepTally, progress: SearchProgress
+    ) -> bool:
         """Count one pass of perturbed copies into ``tally``; whether the step's move is settled."""
         per_copy = torch.zeros(())
         for correct, images in counts:
             tally.add(int(correct.sum()), len(correct) * images)
             per_copy = per_copy + correct
+            progress.batch(tally)
             if self.settings.stop_when_certain and self._decided(tally.certain_range()):
                 return True
         tally.copy_accuracies += (per_copy / tally.n).tolist()
@@ -104,43 +204,57 @@ class FlatnessSearch:
             tally.confident_range(self.settings.sequential_confidence)
         )
 
-    def _deviation(
+    def _search(
         self, search: str, draw: Callable[[float, int, range], Iterator[tuple[Tensor, int]]]
-    ) -> Callable[[float], float]:
-        """The accuracy deviation at a scale: ``samples`` copies, ``chunk`` per pass, stopped once settled."""
+    ) -> SearchResult:
+        """Bisect on the accuracy deviation at a scale: ``samples`` copies made by ``draw``, ``chunk`` per
+        pass, each step stopped once settled; progress is logged (:class:`SearchProgress`)."""
         s = self.settings
+        n = len(self.evaluator.data)
         used = self.samples_used.setdefault(search, [])
         fractions = self.evaluated_fraction.setdefault(search, [])
+        progress = SearchProgress(search, s, n)
 
         def deviation(scale: float) -> float:
-            tally = StepTally(s.samples, len(self.evaluator.data), self.base_accuracy)
+            tally = StepTally(s.samples, n, self.base_accuracy)
             step, drawn = len(used), 0
+            progress.begin(step, scale)
             while drawn < s.samples:
                 copies = range(drawn, min(drawn + self.chunk, s.samples))
                 drawn = copies.stop
-                if self._evaluate_copies(draw(scale, step, copies), tally):
+                if self._evaluate_copies(draw(scale, step, copies), tally, progress):
                     break
             used.append(drawn)
-            fractions.append(tally.evaluated / (s.samples * tally.n))
+            fractions.append(tally.evaluated / (s.samples * n))
+            progress.end(tally)
             return tally.deviation()
 
-        return deviation
+        result = bisect_scale(deviation, s.target, s.tol, s.lo, s.hi, s.depth)
+        progress.finish(result)
+        return result
+
+    def gaussian_deltas(
+        self, search: str, magnitude_aware: bool, scale: float, step: int, copies: range
+    ) -> dict[str, Tensor]:
+        """Gaussian offsets ``(len(copies), ...)`` of every perturbed parameter at ``scale``, with the std of
+        :func:`~qgen.measures.perturb.gaussian_std` and each copy's own generator (:meth:`_generators`)."""
+        s, generators = self.settings, self._generators(search, step, copies)
+        deltas = {}
+        for name, p in self.evaluator.base.items():
+            std = gaussian_std(p, scale, magnitude_aware, s.noise, s.epsilon)
+            noise = torch.stack([torch.randn(p.shape, generator=g, device=p.device) for g in generators])
+            deltas[name] = noise * std
+        return deltas
 
     def gaussian(self, magnitude_aware: bool) -> SearchResult:
         """sigma (or sigma'): mean accuracy of ``samples`` noisy copies per scale."""
         search = "sigma_mag" if magnitude_aware else "sigma"
-        base, s = self.evaluator.base, self.settings
 
         def draw(scale: float, step: int, copies: range) -> Iterator[tuple[Tensor, int]]:
-            generators = self._generators(search, step, copies)
-            deltas = {}
-            for name, p in base.items():
-                std = gaussian_std(p, scale, magnitude_aware, s.noise, s.epsilon)
-                noise = torch.stack([torch.randn(p.shape, generator=g, device=p.device) for g in generators])
-                deltas[name] = noise * std
+            deltas = self.gaussian_deltas(search, magnitude_aware, scale, step, copies)
             return self.evaluator.correct_counts(deltas)
 
-        return bisect_scale(self._deviation(search, draw), s.target, s.tol, s.lo, s.hi, s.depth)
+        return self._search(search, draw)
 
     def worst_case(self, magnitude_aware: bool) -> SearchResult:
         """alpha (or alpha'): mean accuracy after ``samples`` projected-ascent runs per scale."""
@@ -155,7 +269,7 @@ class FlatnessSearch:
             )
             return self.evaluator.correct_counts(offsets)
 
-        return bisect_scale(self._deviation(search, draw), s.target, s.tol, s.lo, s.hi, s.depth)
+        return self._search(search, draw)
 
     def run(self) -> dict[str, SearchResult]:
         return {
@@ -207,6 +321,10 @@ def flatness_measures(
         "omega": w.numel(),
         "evaluated_images": len(data),
         "train_accuracy": search.base_accuracy,
+        "perturbed": {
+            "tensors": len(search.evaluator.names),
+            "parameters": sum(p.numel() for p in search.evaluator.base.values()),
+        },
         "norms": {
             "w": math.sqrt(float(w.square().sum())),
             "w_minus_w0": math.sqrt(float((w - w0).square().sum())),

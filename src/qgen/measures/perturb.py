@@ -15,7 +15,7 @@ import math
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +23,15 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from qgen import quant
+from qgen.folding import with_identity_batchnorm
 from qgen.norms import weight_parameters
 
 NoiseConvention = Literal["reference", "jiang"]
+NOISE_CONVENTIONS: tuple[NoiseConvention, ...] = get_args(NoiseConvention)
+
+PerturbedSet = Literal["all", "weights", "reference"]
+"""Which parameters the searches perturb (``measures.perturb``; see :func:`perturbed_names`)."""
+PERTURBED_SETS: tuple[PerturbedSet, ...] = get_args(PerturbedSet)
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,23 @@ class EvalSet:
             yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
 
 
-def perturbed_names(model: nn.Module, which: Literal["all", "weights"]) -> list[str]:
-    """Parameters the searches perturb: every parameter except LSQ steps (the reference code perturbs
-    all parameters of the folded model), or only the conv/linear weights ``W`` of the bounds."""
+def perturbed_network(model: nn.Module, which: PerturbedSet) -> nn.Module:
+    """The network whose parameters the searches perturb, computing ``model``'s function (for
+    ``reference`` up to a factor ``1 / sqrt(1 + eps)`` at each rebuilt BN).
+
+    ``model`` itself for ``all`` and ``weights``; for ``reference`` a copy in which every BN that
+    :func:`~qgen.folding.fold_batchnorm` folded away is back as the identity BN the reference code leaves
+    in place (:func:`~qgen.folding.with_identity_batchnorm`), so that its gamma and beta are perturbed too.
+    """
+    return with_identity_batchnorm(model) if which == "reference" else model
+
+
+def perturbed_names(model: nn.Module, which: PerturbedSet) -> list[str]:
+    """Names of the parameters of ``model`` (a :func:`perturbed_network`) that the searches perturb.
+
+    ``weights``: only the conv/linear weights ``W`` of the bounds. ``all`` and ``reference``: every
+    parameter except LSQ steps (biases, and the gamma and beta of every BN left in the network).
+    """
     steps = {id(p) for p in quant.step_parameters(model)}
     weights = {id(p) for p in weight_parameters(model)}
     chosen = weights if which == "weights" else {id(p) for p in model.parameters()} - steps
