@@ -151,12 +151,19 @@ def corrupt(
 
 def _unit(image: Array) -> Array:
     """uint8 pixels as float32 in [0, 1]."""
-    return image.astype(np.float32) / np.float32(255)
+    x = image.astype(np.float32)
+    x /= np.float32(255)
+    return x
 
 
 def _scaled(x: Array) -> Array:
-    """[0, 1] values clipped and scaled back to [0, 255] (still float; :func:`corrupt` truncates)."""
-    return np.clip(x, 0, 1) * 255
+    """[0, 1] values clipped and scaled back to [0, 255] in place (still float; :func:`corrupt` truncates).
+
+    ``x`` is a temporary of the caller: every corruption passes an array it made.
+    """
+    np.clip(x, 0, 1, out=x)
+    x *= 255
+    return x
 
 
 def _gaussian_kernel(size: int, sigma: float) -> Array:
@@ -208,10 +215,11 @@ def _blur(x: Array, sigma: float) -> Array:
 def _smooth_reflect(field: Array, sigma: float, truncate: float) -> Array:
     """``ndimage.gaussian_filter(field, sigma, mode="reflect", truncate=truncate)`` of a 2-D field.
 
-    Half-sample reflection makes each line ``2n``-periodic, so the truncated kernel folded onto one period
-    and applied by circular convolution (FFT) gives the same result for any kernel radius, in a time
-    independent of ``sigma`` (ImageNet-C's elastic sigma of 171 px has a 1025-tap kernel). ``sigma = 0``
-    leaves the field as it is, as ndimage does.
+    Half-sample reflection (d c b a | a b c d) extends each line to the ``2n``-periodic symmetric signal
+    that the type-II DCT diagonalizes, so convolving with the truncated kernel folded onto one period is
+    a multiplication of DCT coefficient ``k`` by the kernel's real DFT at frequency ``k / 2n``. Same
+    result for any kernel radius, in a time independent of ``sigma`` (ImageNet-C's elastic sigma of
+    171 px has a 1025-tap kernel). ``sigma = 0`` leaves the field as it is, as ndimage does.
     """
     if sigma == 0:
         return field
@@ -224,11 +232,9 @@ def _smooth_reflect(field: Array, sigma: float, truncate: float) -> Array:
         folded = np.zeros(2 * n)
         np.add.at(folded, offsets % (2 * n), kernel)
         shape = [1, 1]
-        shape[axis] = n + 1
-        response = scipy.fft.rfft(folded).reshape(shape)
-        extended = np.concatenate([field, np.flip(field, axis)], axis=axis)
-        smoothed = scipy.fft.irfft(scipy.fft.rfft(extended, axis=axis) * response, n=2 * n, axis=axis)
-        field = smoothed[:n] if axis == 0 else smoothed[:, :n]
+        shape[axis] = n
+        gain = scipy.fft.rfft(folded)[:n].real.reshape(shape)
+        field = scipy.fft.idct(scipy.fft.dct(field, type=2, axis=axis) * gain, type=2, axis=axis)
     return field
 
 
@@ -356,20 +362,25 @@ def shuffle_sources(height: int, width: int, delta: int, shifts: Array) -> Array
     here = (rows[:, None] * width + cols[None, :]).ravel()
     visited = np.zeros(n, dtype=bool)
     visited[here] = True
+    offsets = (shifts[..., 1] * width + shifts[..., 0]).reshape(len(shifts), -1)
     source = np.arange(n)
-    for step in shifts:
-        there = here + step[..., 1].ravel() * width + step[..., 0].ravel()
-        link = np.arange(n)
-        link[here] = there
-        cascades = visited[there] & (there > here)
-        end = np.arange(n)
-        end[here[cascades]] = there[cascades]
-        while True:  # end[p]: the last pixel of p's cascade, whose source is read before the pass changed it
-            further = end[end]
-            if np.array_equal(further, end):
-                break
-            end = further
-        source = source[link[end]]
+    for offset in offsets:
+        there = here + offset
+        step = np.arange(n)  # one pass as if every source were read before the pass changed it
+        step[here] = there
+        cascades = (there > here) & visited[there]
+        if cascades.any():
+            end = np.arange(n)  # end[p]: the last pixel of p's cascade, whose source is read unchanged
+            cascading = np.flatnonzero(cascades)
+            active = here[cascading]
+            end[active] = there[cascading]
+            while active.size:  # pointer doubling on the pixels whose end still moves
+                jumped = end[end[active]]
+                moved = jumped != end[active]
+                end[active] = jumped
+                active = active[moved]
+            step = step[end]
+        source = source[step]
     return source
 
 
@@ -509,7 +520,8 @@ def glass_blur(image: Array, c: tuple[float, int, int], rng: np.random.Generator
     imagenet=((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),
 )
 def motion_blur(image: Array, c: tuple[int, float], rng: np.random.Generator) -> Array:
-    return _scaled(_motion_blur(_unit(image), c[0], c[1], rng.uniform(-45, 45)))
+    """Rounded to whole levels: the reference reads ImageMagick's 8-bit result back (no truncation)."""
+    return np.round(_scaled(_motion_blur(_unit(image), c[0], c[1], rng.uniform(-45, 45))))
 
 
 @register(
@@ -606,8 +618,10 @@ def fog(image: Array, c: tuple[float, float], rng: np.random.Generator) -> Array
     h, w = x.shape[:2]
     brightest = x.max()
     layer = plasma_fractal(_next_power_of_two(max(h, w)), c[1], rng)[:h, :w]
-    x = x + c[0] * layer[..., None]
-    return _scaled(x * brightest / (brightest + c[0]))
+    x += c[0] * layer[..., None]
+    x *= brightest  # the reference's x * max / (max + c0), in place
+    x /= brightest + c[0]
+    return _scaled(x)
 
 
 @register(
@@ -637,8 +651,11 @@ def brightness(image: Array, c: float, rng: np.random.Generator) -> Array:
 )
 def contrast(image: Array, c: float, rng: np.random.Generator) -> Array:
     x = _unit(image)
-    means = x.mean(axis=(0, 1), keepdims=True)
-    return _scaled((x - means) * np.float32(c) + means)
+    means = x.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
+    x -= means
+    x *= np.float32(c)
+    x += means
+    return _scaled(x)
 
 
 def _times(scale: float, rows: tuple[tuple[float, float, float], ...]) -> tuple[tuple[float, ...], ...]:
@@ -670,7 +687,7 @@ def elastic_transform(image: Array, c: tuple[float, float, float], rng: np.rando
     # cv2.getAffineTransform(src, dst) maps (x, y, 1) to dst; warpAffine samples at its inverse.
     forward = np.vstack([np.linalg.solve(np.hstack([src, np.ones((3, 1))]), dst).T, [0, 0, 1]])
     inverse = np.linalg.inv(forward)
-    grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float32)
+    grid_y, grid_x = np.mgrid[0:h, 0:w].astype(np.float64)  # the reference samples at float64 points
     src_x = inverse[0, 0] * grid_x + inverse[0, 1] * grid_y + inverse[0, 2]
     src_y = inverse[1, 0] * grid_x + inverse[1, 1] * grid_y + inverse[1, 2]
     x = _remap(x, src_y, src_x, "mirror")
@@ -695,7 +712,7 @@ def pixelate(image: Array, c: float, rng: np.random.Generator) -> Array:
     small = np.asarray(Image.fromarray(image).resize((int(w * c), int(h * c)), Image.BOX))
     rows = _box_upsample_index(small.shape[0], h)
     cols = _box_upsample_index(small.shape[1], w)
-    return small[rows[:, None], cols[None, :]]
+    return small.take(rows, axis=0).take(cols, axis=1)
 
 
 @register(
