@@ -215,7 +215,7 @@ def test_glass_shuffle_copies_and_cascades_as_the_reference_loop_by_hand() -> No
     """6x6, delta 2: the loop visits (4,4), (4,3), (3,4), (3,3), pixel (h, w) holding 10 h + w.
 
     (4,4) <- (3,3), not yet visited: 33. (4,3) <- (4,4) and (3,4) <- (4,4), visited before: its new 33.
-    (3,3) <- (1,1): 11, and (1,1) keeps 11 (a swap would give it 33).
+    (3,3) <- (1,1): 11, and (1,1) keeps 11 (swaps would leave 44 there).
     """
     shifts = np.array([[[[-1, -1], [1, 0]], [[0, 1], [-2, -2]]]])  # (dx, dy) at (4,4) (4,3) / (3,4) (3,3)
     values = np.add.outer(10 * np.arange(6), np.arange(6))

@@ -366,8 +366,8 @@ def shuffle_sources(height: int, width: int, delta: int, shifts: Array) -> Array
     source = np.arange(n)
     for offset in offsets:
         there = here + offset
-        step = np.arange(n)  # one pass as if every source were read before the pass changed it
-        step[here] = there
+        pass_source = np.arange(n)  # the pass as if every source were read before the pass changed it
+        pass_source[here] = there
         cascades = (there > here) & visited[there]
         if cascades.any():
             end = np.arange(n)  # end[p]: the last pixel of p's cascade, whose source is read unchanged
@@ -379,8 +379,8 @@ def shuffle_sources(height: int, width: int, delta: int, shifts: Array) -> Array
                 moved = jumped != end[active]
                 end[active] = jumped
                 active = active[moved]
-            step = step[end]
-        source = source[step]
+            pass_source = pass_source[end]
+        source = source[pass_source]
     return source
 
 
