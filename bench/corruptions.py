@@ -4,9 +4,11 @@
    ``qgen.corruptions.transforms.corrupt(image, name, severity, rng, "imagenet")`` against the maintained
    package's ``imagecorruptions.corrupt(image, severity, name)`` (ImageNet-C constants too), one process
    each, every corruption at every severity, interleaved after a warm-up (numba compiles the package's
-   glass blur on first use; our frost textures are built once per process). Per corruption and in total
-   (the sum of the 15 median times). Target: ours / package >= 1.0 in total. Install the package with
-   ``pip install -e '.[bench]'`` (``make bench`` does).
+   glass blur on first use; both decode the frost photographs once per process, ours keep them). Per
+   corruption and in total (the sum of the 15 median times). Target: ours / package >= 1.5 in total;
+   the per-corruption ratios are printed, not judged (JPEG runs the same PIL codec on both sides, and
+   the package enlarges pixelate with NEAREST where the reference, and we, use BOX). Install the
+   package with ``pip install -e '.[bench]'`` (``make bench`` does).
 
 2. Evaluation, images/s of one -C split: ``qgen.train.evaluate`` over ``split_loader`` (what
    ``qgen evaluate-corruptions`` runs per split: read the severity block of the ``.npy``, hold it on the
@@ -39,7 +41,7 @@ from qgen.train import build_model, evaluate, resolve_device
 
 from _timing import Target, interleave, median, set_threads, verdict
 
-GENERATION_TARGET = Target(1.0, at_least=True)
+GENERATION_TARGET = Target(1.5, at_least=True)
 EVALUATION_TARGET = Target(0.95, at_least=True)
 
 
@@ -50,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip-eval", action="store_true", help="only the generation comparison")
+    parser.add_argument(
+        "--corruptions", default=",".join(CORRUPTIONS), help="comma-separated subset (default: all 15)"
+    )
     return parser.parse_args()
 
 
@@ -79,7 +84,8 @@ def generation(args: argparse.Namespace) -> bool:
     )
     print(f"  {'corruption':18s} {'ours':>9s} {'package':>9s} {'ratio':>7s}")
     totals = {"ours": 0.0, "package": 0.0}
-    for name in CORRUPTIONS:
+    names = args.corruptions.split(",")
+    for name in names:
 
         def ours(name: str = name) -> None:
             for severity in SEVERITIES:
@@ -99,9 +105,10 @@ def generation(args: argparse.Namespace) -> bool:
         rates = {k: per_call / v for k, v in medians.items()}
         ratio = rates["ours"] / rates["package"]
         print(f"  {name:18s} {rates['ours']:9.1f} {rates['package']:9.1f} {ratio:6.2f}x")
-    images_total = per_call * len(CORRUPTIONS)
-    print(f"  {'all 15':18s} {images_total / totals['ours']:9.1f} {images_total / totals['package']:9.1f}")
-    return verdict("ours/package (all 15)", totals["package"] / totals["ours"], GENERATION_TARGET)
+    images_total = per_call * len(names)
+    what = f"all {len(names)}"
+    print(f"  {what:18s} {images_total / totals['ours']:9.1f} {images_total / totals['package']:9.1f}")
+    return verdict(f"ours/package ({what})", totals["package"] / totals["ours"], GENERATION_TARGET)
 
 
 def plain_split(model: torch.nn.Module, root: Path, name: str, severity: int, batch: int, device) -> float:

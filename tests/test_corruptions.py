@@ -1,10 +1,13 @@
-"""Corruptions: the 15 transforms, seeding, the -C layouts and their reader, and generation."""
+"""Corruptions: the registry, the 15 transforms, seeding, the -C layouts and their reader, and generation."""
 
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import itertools
 import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 
 from qgen import data
-from qgen.corruptions import CORRUPTIONS, GROUPS, SEVERITIES, transforms
+from qgen.corruptions import CORRUPTIONS, GROUPS, LABELS, SEVERITIES, generate, transforms
 from qgen.corruptions.evaluate import check_corrupted_root, split_loader
 from qgen.corruptions.generate import generate_folder, generate_npy
 from qgen.corruptions.layout import folder_problems, read_npy_split
@@ -78,7 +81,7 @@ def test_same_seed_same_output_and_another_seed_another_for_random_corruptions(n
         transforms.corrupt(image, name, 3, np.random.default_rng(seed), "cifar") for seed in (7, 7, 8)
     )
     assert np.array_equal(first, again)
-    assert np.array_equal(first, other) == (name in transforms.DETERMINISTIC)
+    assert np.array_equal(first, other) == transforms.corruption(name).deterministic
 
 
 def test_contrast_and_brightness_match_their_closed_forms() -> None:
@@ -113,12 +116,215 @@ def test_motion_blur_kernel_preserves_a_constant_image() -> None:
     assert np.allclose(transforms._motion_blur(flat, 9, 2.5, 30.0), 0.4, atol=1e-6)
 
 
-def test_frost_textures_are_fixed_assets() -> None:
-    texture = transforms.frost_texture(2, 64, 96)
-    assert texture.shape == (64, 96, 3) and texture.dtype == np.uint8
-    transforms.frost_texture.cache_clear()
-    assert np.array_equal(transforms.frost_texture(2, 64, 96), texture)
-    assert texture[..., 2].mean() > texture[..., 0].mean()  # tinted blue, as frost photographs are
+def test_defocus_filter_matches_ndimage_correlate_with_mirrored_borders() -> None:
+    """cv2.filter2D's default border (BORDER_REFLECT_101) is scipy's "mirror"; kernels up to 21x21."""
+    x = patterned_image(32).astype(np.float32) / 255
+    for radius, alias_blur in [(0.3, 0.4), (1.5, 0.1), (3, 0.1), (10, 0.5)]:
+        kernel = transforms._disk(radius, alias_blur)
+        expected = np.stack([ndimage.correlate(x[..., k], kernel, mode="mirror") for k in range(3)], axis=-1)
+        assert np.allclose(transforms._defocus(x, radius, alias_blur), expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.96, 2.44, 19.52, 40.0])
+def test_fft_smoothing_matches_ndimage_reflect_filter_for_any_kernel_radius(sigma: float) -> None:
+    """At sigma 40 the 3-sigma kernel (241 taps) is wider than both sides' reflected period (96, 80)."""
+    field = np.random.default_rng(0).uniform(-1, 1, size=(48, 40))
+    expected = ndimage.gaussian_filter(field, sigma, mode="reflect", truncate=3)
+    assert np.allclose(transforms._smooth_reflect(field, sigma, truncate=3), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [32, 64, 224])
+def test_pixelate_enlargement_is_pil_box_resizing(side: int) -> None:
+    image = patterned_image(side)
+    for profile in transforms.PROFILES:
+        for severity, c in enumerate(transforms.corruption("pixelate").constants[profile], start=1):
+            small = Image.fromarray(image).resize((int(side * c), int(side * c)), Image.BOX)
+            expected = np.asarray(small.resize((side, side), Image.BOX))
+            out = transforms.corrupt(image, "pixelate", severity, None, profile)
+            assert np.array_equal(out, expected), (profile, c)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The registry and the seeds
+
+
+TABLE_ORDER = (  # the benchmark's tables (Hendrycks & Dietterich 2019, Fig. 1 and Table 1 of its paper)
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)  # fmt: skip
+
+
+def test_views_of_the_registry_keep_the_table_order_groups_and_labels() -> None:
+    assert CORRUPTIONS == TABLE_ORDER
+    assert tuple(GROUPS) == transforms.GROUP_ORDER
+    assert tuple(itertools.chain(*GROUPS.values())) == TABLE_ORDER
+    assert [len(names) for names in GROUPS.values()] == [3, 4, 4, 4]
+    assert LABELS["elastic_transform"] == "Elastic" and LABELS["jpeg_compression"] == "JPEG"
+    for name in CORRUPTIONS:
+        entry = transforms.corruption(name)
+        assert name in GROUPS[entry.group] and entry.label == LABELS[name]
+        assert all(len(entry.constants[p]) == len(SEVERITIES) for p in transforms.PROFILES)
+
+
+def test_registrations_are_checked_naming_the_corruption() -> None:
+    five = (1, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="corruption 'rain': group 'water' is not one of"):
+        transforms.register("rain", group="water", label="Rain", cifar=five, imagenet=five)
+    with pytest.raises(
+        ValueError, match="corruption 'rain': 4 imagenet constants, expected one per severity"
+    ):
+        transforms.register("rain", group="weather", label="Rain", cifar=five, imagenet=five[:4])
+    with pytest.raises(ValueError, match="corruption 'fog' is registered twice"):
+        transforms.register("fog", group="weather", label="Fog", cifar=five, imagenet=five)(lambda x, c, r: x)
+    assert "rain" not in transforms.CORRUPTION_REGISTRY and len(transforms.registered()) == 15
+
+
+def test_task_seeds_derive_from_the_name_not_its_position() -> None:
+    """``default_rng([seed, key(name), severity, start])``, key = the first 8 bytes of SHA-256(name)."""
+    keys = {name: int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") for name in CORRUPTIONS}
+    assert len(set(keys.values())) == len(CORRUPTIONS)
+    for name in ("gaussian_noise", "fog", "jpeg_compression"):
+        expected = np.random.default_rng([5, keys[name], 2, 128]).random(4)
+        assert np.array_equal(generate.task_rng(5, name, 2, 128).random(4), expected)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Glass blur: the reference's pixel "swap" is a copy
+
+
+def reference_shuffle(x: np.ndarray, delta: int, shifts: np.ndarray) -> np.ndarray:
+    """The reference's loop verbatim on an HxWx3 array (views on the right-hand side: a copy, not a swap)."""
+    x = x.copy()
+    h, w = x.shape[:2]
+    for step in shifts:
+        for i, row in enumerate(range(h - delta, delta, -1)):
+            for j, col in enumerate(range(w - delta, delta, -1)):
+                dx, dy = step[i, j]
+                x[row, col], x[row + dy, col + dx] = x[row + dy, col + dx], x[row, col]
+    return x
+
+
+def test_glass_shuffle_copies_and_cascades_as_the_reference_loop_by_hand() -> None:
+    """6x6, delta 2: the loop visits (4,4), (4,3), (3,4), (3,3), pixel (h, w) holding 10 h + w.
+
+    (4,4) <- (3,3), not yet visited: 33. (4,3) <- (4,4) and (3,4) <- (4,4), visited before: its new 33.
+    (3,3) <- (1,1): 11, and (1,1) keeps 11 (swaps would leave 44 there).
+    """
+    shifts = np.array([[[[-1, -1], [1, 0]], [[0, 1], [-2, -2]]]])  # (dx, dy) at (4,4) (4,3) / (3,4) (3,3)
+    values = np.add.outer(10 * np.arange(6), np.arange(6))
+    expected = values.copy()
+    expected[4, 4] = expected[4, 3] = expected[3, 4] = 33
+    expected[3, 3] = 11
+    shuffled = values.ravel()[transforms.shuffle_sources(6, 6, 2, shifts)].reshape(6, 6)
+    assert np.array_equal(shuffled, expected)
+    image = np.repeat(values[..., None], 3, axis=2).astype(np.uint8)
+    assert np.array_equal(reference_shuffle(image, 2, shifts)[..., 1], expected)
+
+
+@pytest.mark.parametrize(("profile", "shape"), [("cifar", (32, 32)), ("imagenet", (40, 52))])
+def test_glass_shuffle_equals_the_sequential_loop_at_every_severity(profile: str, shape: tuple) -> None:
+    h, w = shape
+    rng = np.random.default_rng(1)
+    for _, delta, passes in transforms.corruption("glass_blur").constants[profile]:
+        x = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        shifts = rng.integers(-delta, delta, size=(passes, h - 2 * delta, w - 2 * delta, 2))
+        expected = reference_shuffle(x, delta, shifts)
+        shuffled = x.reshape(h * w, 3)[transforms.shuffle_sources(h, w, delta, shifts)].reshape(x.shape)
+        assert np.array_equal(shuffled, expected), (delta, passes)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Frost: the reference's photographs, crop and blend
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FROST_SIDES = {"cifar": 32, "imagenet": 224}  # those of fixtures/frost_reference.py
+
+
+def frost_pattern(side: int) -> np.ndarray:
+    """The image of ``fixtures/frost_reference.py`` (diagonal colour ramps)."""
+    i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    ramp = (i * 200 // side)[..., None] + (j * 24 // side)[..., None] + np.array([0, 16, 8])
+    return ramp.astype(np.uint8)
+
+
+class Replay:
+    """An rng stand-in whose ``integers`` returns recorded draws in turn (frost draws nothing else)."""
+
+    def __init__(self, draws: Iterable[int]) -> None:
+        self._draws = iter(draws)
+
+    def integers(self, *args: object, **kwargs: object) -> int:
+        return next(self._draws)
+
+
+def test_shipped_frost_photographs_match_their_notice() -> None:
+    notice = (transforms.FROST_DIR / "NOTICE").read_text()
+    listed = dict(re.findall(r"^(frost\d\.(?:png|jpg))\s+\d+\s+([0-9a-f]{40})$", notice, flags=re.M))
+    assert sorted(listed) == sorted(transforms.FROST_PHOTOS)
+    for name, sha1 in listed.items():
+        assert hashlib.sha1((transforms.FROST_DIR / name).read_bytes()).hexdigest() == sha1, name
+    assert "Apache License" in (transforms.FROST_DIR / "LICENSE").read_text()
+
+
+def test_cifar_frost_photographs_are_opencv_linear_shrinks_by_a_fifth() -> None:
+    """At scale 0.2 OpenCV's INTER_LINEAR samples source pixel 5 d + 2 exactly: no interpolation."""
+    for index, (height, width) in enumerate([(120, 180), (63, 112), (63, 112), (70, 105), (99, 132)]):
+        full = transforms.frost_photo(index, 1.0)
+        assert np.array_equal(transforms.frost_photo(index, 0.2), full[2::5, 2::5][:height, :width])
+
+
+@pytest.mark.parametrize("profile", ["cifar", "imagenet"])
+def test_frost_replays_the_reference_draws_exactly(profile: str) -> None:
+    """The fixture holds the reference formula's output statistics per draw (OpenCV read and resize)."""
+    reference = np.load(FIXTURES / "frost_reference.npz")
+    image = frost_pattern(FROST_SIDES[profile])
+    for severity in SEVERITIES:
+        for draw, stats in zip(reference[f"{profile}_draws"][severity - 1],
+                               reference[f"{profile}_stats"][severity - 1], strict=True):  # fmt: skip
+            out = transforms.corrupt(image, "frost", severity, Replay(draw.tolist()), profile)
+            change = np.abs(out.astype(np.float64) - image).mean()
+            assert np.allclose([change, *out.reshape(-1, 3).mean(axis=0)], stats, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("profile", ["cifar", "imagenet"])
+def test_frost_strength_and_tint_match_the_reference_in_distribution(profile: str) -> None:
+    """Over 100 draws of our own rng per severity, the mean change and the channel means of the output lie
+    within 4 standard errors of the reference's over its 100 draws (about +-10% of the change)."""
+    reference = np.load(FIXTURES / "frost_reference.npz")[f"{profile}_stats"]
+    image = frost_pattern(FROST_SIDES[profile])
+    rng = np.random.default_rng(0)
+    for severity in SEVERITIES:
+        outs = [transforms.corrupt(image, "frost", severity, rng, profile) for _ in range(reference.shape[1])]
+        ours = np.array(
+            [[np.abs(o.astype(np.float64) - image).mean(), *o.reshape(-1, 3).mean(0)] for o in outs]
+        )
+        expected = reference[severity - 1]
+        error = np.sqrt(ours.var(0) + expected.var(0)) / np.sqrt(len(ours))
+        assert np.all(np.abs(ours.mean(0) - expected.mean(0)) < 4 * error), (
+            severity,
+            ours.mean(0),
+            expected.mean(0),
+        )
+        assert expected[:, 3].mean() > expected[:, 1].mean() + 10  # the photographs are blue-cyan
+
+
+def test_a_missing_frost_photograph_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transforms, "FROST_DIR", tmp_path)
+    transforms.frost_photo.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"frost photograph .*frost1\.png is missing"):
+            transforms.frost_photo(0, 0.2)
+    finally:
+        transforms.frost_photo.cache_clear()
+
+
+def test_frost_refuses_images_larger_than_its_photographs() -> None:
+    with pytest.raises(ValueError, match=r"frost photograph frost2\.png is 63x112 at scale 0\.2, too small"):
+        transforms.corrupt(patterned_image(64), "frost", 1, Replay([1]), "cifar")
 
 
 def test_bad_inputs_are_rejected_naming_the_value() -> None:

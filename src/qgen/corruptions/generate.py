@@ -4,8 +4,9 @@ Output is in the official layouts (:mod:`qgen.corruptions.layout`) plus a ``mani
 which marks a finished set and records that it is *generated* ("-C style"), not the official files.
 
 Work is cut into tasks of :data:`CHUNK` consecutive images of one corruption; each (task, severity) draws
-from its own generator seeded with ``(seed, corruption, severity, first image)``, so the output is
-byte-identical for a given seed whatever the number of worker processes. Workers write straight into
+from its own generator seeded with ``(seed, corruption name, severity, first image)``, so the output is
+byte-identical for a given seed whatever the number of worker processes, and registering another
+corruption changes no other corruption's output. Workers write straight into
 the output arrays (memory-mapped) or files; the parent only schedules and logs progress.
 
 This module imports no torch: spawned workers start in about a second.
@@ -13,6 +14,7 @@ This module imports no torch: spawned workers start in about a second.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -41,9 +43,14 @@ JPEG_QUALITY = 85  # ImageNet-C's files: quality 85, optimized
 PROGRESS_EVERY_S = 5.0
 
 
+def name_key(corruption: str) -> int:
+    """A corruption's seed word: the first 8 bytes (big-endian) of the SHA-256 of its UTF-8 name."""
+    return int.from_bytes(hashlib.sha256(corruption.encode()).digest()[:8], "big")
+
+
 def task_rng(seed: int, corruption: str, severity: int, start: int) -> np.random.Generator:
     """The generator of images ``start .. start + CHUNK - 1`` of ``corruption`` at ``severity``."""
-    return np.random.default_rng([seed, CORRUPTIONS.index(corruption), severity, start])
+    return np.random.default_rng([seed, name_key(corruption), severity, start])
 
 
 @dataclass(frozen=True)
