@@ -33,6 +33,7 @@ from qgen.data import (
     subset_indices,
     zero_padded_stats,
 )
+from qgen.errors import QgenError
 
 CIFAR_SOURCES: dict[str, tuple[type[CIFAR10], bytes]] = {
     "cifar10": (CIFAR10, b"labels"),
@@ -177,7 +178,7 @@ def test_prepare_cifar_rejects_wrong_archive_md5(
     tmp_path: Path, tiny_cifar10_archive: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)
-    with pytest.raises(RuntimeError, match="0" * 32):
+    with pytest.raises(QgenError, match="0" * 32):
         prepare_dataset("cifar10", tmp_path / "cifar10")
 
 
@@ -186,12 +187,12 @@ def test_prepare_cifar_rejects_wrong_member_md5(
 ) -> None:
     wrong = [["data_batch_1", "f" * 32], *CIFAR10.train_list[1:]]
     monkeypatch.setattr(CIFAR10, "train_list", wrong)
-    with pytest.raises(RuntimeError, match=r"data_batch_1 has md5 [0-9a-f]{32}, expected f{32}"):
+    with pytest.raises(QgenError, match=r"data_batch_1 has md5 [0-9a-f]{32}, expected f{32}"):
         prepare_dataset("cifar10", tmp_path / "cifar10")
 
 
 def test_prepare_cifar_without_download_names_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match=r"data_batch_1 is missing.*`qgen download cifar10`"):
+    with pytest.raises(QgenError, match=r"data_batch_1 is missing.*`qgen download cifar10`"):
         prepare_dataset("cifar10", tmp_path, download=False)
 
 

@@ -121,7 +121,8 @@ def summary_inputs(wildcards):
     for Figure 2)."""
     name = wildcards.summary
     runs = summary_runs(name)
-    require_results(runs, "metrics.json", summary_path(name))
+    target = f"paper_tables/{name}.{'tex' if name in TABLES else 'pdf'}"
+    require_results(runs, "metrics.json", target)
     result = SUMMARIES[name].result
     if result == "landscape":
         results = [f"results/landscape/{run.run_id}.npz" for run in runs]
