@@ -93,6 +93,69 @@ def resolve_model_args(model: str, given: Mapping[str, Any], where: str) -> dict
 
 
 @dataclass(frozen=True)
+class Measure:
+    """One of the paper's eight flatness measures (App. A, eqs. 15-22), described by what it is.
+
+    ``family`` is the PAC-Bayes bound (Gaussian noise, searched scale sigma) or the sharpness bound
+    (worst-case noise, alpha); ``magnitude_aware`` bounds the noise relative to each weight (sigma',
+    alpha'); ``reference`` is the point the norm is taken from: ``init`` for ``||W - W0||``, ``orig`` for
+    ``||W||``. Everything else (its search, column label, equation) follows from these.
+    """
+
+    family: str
+    magnitude_aware: bool
+    reference: str
+
+    @property
+    def name(self) -> str:
+        """``pacbayes.mag.init`` etc.: the key in ``measures.json`` and the summary's column."""
+        return ".".join((self.family, *(["mag"] if self.magnitude_aware else []), self.reference))
+
+    @property
+    def search(self) -> str:
+        """The scale search it uses: ``sigma``, ``sigma_mag``, ``alpha`` or ``alpha_mag``."""
+        scale = "sigma" if self.family == "pacbayes" else "alpha"
+        return f"{scale}_mag" if self.magnitude_aware else scale
+
+    @property
+    def label(self) -> str:
+        """The column header of the paper's Table 3, e.g. ``Mag-Init``."""
+        return ("Mag-" if self.magnitude_aware else "") + self.reference.capitalize()
+
+    @property
+    def equation(self) -> int:
+        """Its equation in the paper's App. A (15-22)."""
+        base = {
+            ("pacbayes", False): 15,
+            ("sharpness", False): 17,
+            ("pacbayes", True): 19,
+            ("sharpness", True): 21,
+        }
+        return base[(self.family, self.magnitude_aware)] + (self.reference == "orig")
+
+
+MEASURE_FAMILIES: Mapping[str, str] = {"pacbayes": "PAC-Bayesian", "sharpness": "Sharpness"}
+"""Measure family -> the heading of its column group in Table 3."""
+MEASURES: tuple[Measure, ...] = tuple(
+    Measure(family, magnitude_aware, reference)
+    for family in MEASURE_FAMILIES
+    for magnitude_aware in (False, True)
+    for reference in ("init", "orig")
+)
+"""The eight measures in the paper's column order (Table 3)."""
+SEARCHES: tuple[str, ...] = tuple(dict.fromkeys(m.search for m in MEASURES))
+"""The four scale searches, in the order they run."""
+
+
+def measure(name: str) -> Measure:
+    """The measure called ``name`` (e.g. ``sharpness.mag.orig``)."""
+    for m in MEASURES:
+        if m.name == name:
+            return m
+    raise QgenError(f"unknown measure {name!r}; known: {', '.join(m.name for m in MEASURES)}")
+
+
+@dataclass(frozen=True)
 class Summary:
     """A table or figure the workflow summarises from runs: what each run contributes and what it needs.
 
