@@ -1,7 +1,7 @@
 """Training-loop throughput: images/s of ``qgen.train.train_epoch`` / images/s of a bare PyTorch loop.
 
 Ours: ``train_epoch(model, loader, optimizer, epoch)`` over the Digits training split (offline, 1,437
-images upsampled to 3x32x32) from ``qgen.data.build_loader("digits", "train", augment=True,
+images upsampled to 3x32x32) from ``qgen.data.build_loader("digits", "train", augment="crop_flip",
 shuffle=True, drop_last=True)``, so it pays for shuffling, the batched random crop/flip and
 normalization, the device-side loss/accuracy sums and the step clamp, every epoch.
 
@@ -118,7 +118,7 @@ def main() -> int:
         "train",
         root=args.data_root,
         batch_size=args.batch_size,
-        augment=True,
+        augment="crop_flip",
         shuffle=True,
         seed=0,
         drop_last=True,

@@ -24,10 +24,13 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from qgen.data import (
     BatchLoader,
+    _mix_seed,
     build_loader,
     crop_flip,
     dataset_info,
     dataset_names,
+    draw_crop_flip,
+    load_arrays,
     normalize,
     prepare_dataset,
     subset_indices,
@@ -75,7 +78,7 @@ def test_registry_names_and_info() -> None:
 
 def test_unknown_split_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'val'.*train, test"):
-        build_loader("digits", "val", root=tmp_path, batch_size=8, augment=False, shuffle=False, seed=0)
+        build_loader("digits", "val", root=tmp_path, batch_size=8, augment="none", shuffle=False, seed=0)
 
 
 # --- CIFAR
@@ -111,7 +114,7 @@ def test_cifar_reader_round_trips_pixels_and_labels(tmp_path: Path, name: str, s
     expected_images = np.concatenate([written[file][0] for file in files])
     expected_labels = np.concatenate([written[file][1] for file in files])
 
-    loader = build_loader(name, split, root=tmp_path, batch_size=5, augment=False, shuffle=False, seed=0)
+    loader = build_loader(name, split, root=tmp_path, batch_size=5, augment="none", shuffle=False, seed=0)
     images, labels = concat(loader)
 
     assert loader.num_samples == len(expected_labels)
@@ -124,7 +127,7 @@ def test_cifar_missing_batch_names_file_and_command(tmp_path: Path) -> None:
     write_cifar(tmp_path, "cifar10", cifar_sizes("cifar10"))
     (tmp_path / CIFAR10.base_folder / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match=r"data_batch_3 is missing; `qgen download cifar10`"):
-        build_loader("cifar10", "train", root=tmp_path, batch_size=4, augment=False, shuffle=False, seed=0)
+        build_loader("cifar10", "train", root=tmp_path, batch_size=4, augment="none", shuffle=False, seed=0)
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -170,7 +173,7 @@ def test_prepare_cifar_downloads_verifies_and_then_skips(tmp_path: Path, tiny_ci
     tiny_cifar10_archive.unlink()  # a second download would now fail
     (root / CIFAR10.filename).unlink()
     prepare_dataset("cifar10", root)
-    loader = build_loader("cifar10", "test", root=root, batch_size=6, augment=False, shuffle=False, seed=0)
+    loader = build_loader("cifar10", "test", root=root, batch_size=6, augment="none", shuffle=False, seed=0)
     assert loader.num_samples == 6
 
 
@@ -226,7 +229,7 @@ def test_fashion_mnist_is_padded_and_replicated(
 ) -> None:
     gray, expected_labels = tiny_fashion_mnist[split]
     loader = build_loader(
-        "fashion_mnist", split, root=tmp_path, batch_size=2, augment=False, shuffle=False, seed=0
+        "fashion_mnist", split, root=tmp_path, batch_size=2, augment="none", shuffle=False, seed=0
     )
     images, labels = concat(loader)
     restored = pixels("fashion_mnist", images)
@@ -267,7 +270,7 @@ def test_fashion_mnist_stats_are_the_padded_published_ones() -> None:
 
 
 def digits_loader(tmp_path: Path, split: str, **overrides: Any) -> BatchLoader:
-    options: dict[str, Any] = {"batch_size": 128, "augment": False, "shuffle": False, "seed": 0} | overrides
+    options: dict[str, Any] = {"batch_size": 128, "augment": "none", "shuffle": False, "seed": 0} | overrides
     return build_loader("digits", split, root=tmp_path, **options)
 
 
@@ -301,8 +304,8 @@ def test_digits_stats_recomputed_from_train_split(tmp_path: Path) -> None:
 
 
 def test_same_seed_and_epoch_give_identical_batches(tmp_path: Path) -> None:
-    first = digits_loader(tmp_path, "train", augment=True, shuffle=True, seed=3)
-    second = digits_loader(tmp_path, "train", augment=True, shuffle=True, seed=3)
+    first = digits_loader(tmp_path, "train", augment="crop_flip", shuffle=True, seed=3)
+    second = digits_loader(tmp_path, "train", augment="crop_flip", shuffle=True, seed=3)
     first.set_epoch(4)
     second.set_epoch(4)
     runs = [batches(first), batches(first), batches(second)]
@@ -323,10 +326,26 @@ def test_epochs_and_seeds_change_the_order(tmp_path: Path) -> None:
 
 def test_augmentation_keeps_shape_and_changes_images(tmp_path: Path) -> None:
     plain, _ = next(iter(digits_loader(tmp_path, "train")))
-    augmented, _ = next(iter(digits_loader(tmp_path, "train", augment=True)))
+    augmented, _ = next(iter(digits_loader(tmp_path, "train", augment="crop_flip")))
     assert augmented.shape == plain.shape
     changed = (augmented != plain).flatten(1).any(1)
     assert changed.float().mean() > 0.5
+
+
+def test_crop_augmentation_is_crop_flip_without_the_flips(tmp_path: Path) -> None:
+    """Digits train with `crop` (a mirrored digit is often another digit): random crops, never mirrored."""
+    loader = digits_loader(tmp_path, "train", augment="crop", seed=2)
+    images, _ = next(iter(loader))
+    raw, _ = load_arrays("digits", "train", root=tmp_path)
+    draws = draw_crop_flip(128, torch.Generator().manual_seed(_mix_seed(2, 0)), flip=False)
+    assert not draws[2].any()
+    info = dataset_info("digits")
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    expected = normalize(crop_flip(raw[:128], draws[0], draws[1], draws[2].bool(), padding=4), mean, std)
+    assert torch.equal(images, expected)
+    with pytest.raises(QgenError, match="augment='resized_crop_flip' is not one of digits's augmentations"):
+        digits_loader(tmp_path, "train", augment="resized_crop_flip")
 
 
 def test_crop_flip_identity_shift_and_flip() -> None:
@@ -425,7 +444,7 @@ def image_tree(tmp_path: Path) -> Path:
 def test_image_folder_eval_batches(image_tree: Path) -> None:
     prepare_dataset("imagenet", image_tree, download=False)
     loader = build_loader(
-        "imagenet", "test", root=image_tree, batch_size=3, augment=False, shuffle=False, seed=0
+        "imagenet", "test", root=image_tree, batch_size=3, augment="none", shuffle=False, seed=0
     )
     shapes = [(tuple(images.shape), labels.tolist()) for images, labels in loader]
     assert loader.num_samples == 4 and len(loader) == 2
@@ -439,7 +458,7 @@ def test_image_folder_augmentation_is_seeded_and_worker_independent(image_tree: 
             "train",
             root=image_tree,
             batch_size=4,
-            augment=True,
+            augment="resized_crop_flip",
             shuffle=True,
             seed=2,
             workers=workers,

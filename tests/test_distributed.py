@@ -21,7 +21,15 @@ LOSS_RTOL = 0.02  # per-process BatchNorm statistics and summation order; measur
 
 def digits(tmp: Path, **batching: int) -> data.BatchLoader:
     return data.build_loader(
-        "digits", "train", root=tmp, batch_size=64, augment=True, shuffle=True, seed=5, subset=300, **batching
+        "digits",
+        "train",
+        root=tmp,
+        batch_size=64,
+        augment="crop_flip",
+        shuffle=True,
+        seed=5,
+        subset=300,
+        **batching,
     )
 
 

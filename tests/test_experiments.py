@@ -281,3 +281,16 @@ def test_a_summary_slice_holds_exactly_what_defines_the_summary() -> None:
     relabelled = small_config()
     relabelled["tables"]["table2"][0]["label"] = "NiN (2x2)"
     assert digest_of(summary_config(relabelled, "table2")) != digest_of(table2)
+
+
+def test_augmentation_defaults_to_the_datasets_and_enters_the_digest() -> None:
+    runs = expand_runs(small_config())
+    assert {r.augment for r in runs} == {"crop"}  # digits: cropped, never mirrored
+    cifar = RunSpec.from_dict(runs[0].to_dict() | {"dataset": "cifar10", "augment": None})
+    assert cifar.augment == "crop_flip"
+    flipped = RunSpec.from_dict(runs[0].to_dict() | {"augment": "crop_flip"})
+    assert flipped.digest != runs[0].digest
+    config = small_config()
+    config["experiments"][0]["augment"] = "resized_crop_flip"
+    with pytest.raises(ValueError, match="augment='resized_crop_flip' is not one of digits's augmentations"):
+        expand_runs(config)

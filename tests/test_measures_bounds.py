@@ -9,6 +9,7 @@ import torch
 
 from qgen.measures import bounds
 from qgen.measures.search import bisect_scale
+from qgen.vocab import MEASURES, SEARCHES, measure
 
 # NiN 4x10 on CIFAR-10 with QGen's Table 2 norms (research notes, worked values).
 M, OMEGA = 50_000, 2_196_750
@@ -107,3 +108,25 @@ def test_bisection_returns_dyadic_midpoints_and_reports_saturation() -> None:
         assert (scale * 2**15).is_integer()
     with pytest.raises(ValueError, match="lo < hi"):
         bisect_scale(lambda s: 0.0, lo=1.0, hi=1.0)
+
+
+def test_the_vocabulary_names_each_measure_by_its_family_noise_and_reference() -> None:
+    """qgen.vocab describes the eight measures as data; names, searches and equations follow from it."""
+    assert [(m.name, m.search, m.label, m.equation) for m in MEASURES] == [
+        ("pacbayes.init", "sigma", "Init", 15),
+        ("pacbayes.orig", "sigma", "Orig", 16),
+        ("pacbayes.mag.init", "sigma_mag", "Mag-Init", 19),
+        ("pacbayes.mag.orig", "sigma_mag", "Mag-Orig", 20),
+        ("sharpness.init", "alpha", "Init", 17),
+        ("sharpness.orig", "alpha", "Orig", 18),
+        ("sharpness.mag.init", "alpha_mag", "Mag-Init", 21),
+        ("sharpness.mag.orig", "alpha_mag", "Mag-Orig", 22),
+    ]
+    assert SEARCHES == ("sigma", "sigma_mag", "alpha", "alpha_mag")
+    dist = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    assert bounds.measure_value(measure("sharpness.mag.orig"), 2.0, dist, 0.5, 100, 1e-3, 0.05) == (
+        bounds.sharpness_mag(2.0, dist, 0.5, 100, 0.05, 1e-3)
+    )
+    assert bounds.measure_value(measure("pacbayes.init"), 2.0, dist, 0.5, 100, 1e-3, 0.05) == bounds.pacbayes(
+        2.0, 0.5, 100
+    )

@@ -54,7 +54,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Mod
         "train",
         root=tmp / "data",
         batch_size=400,
-        augment=False,
+        augment="none",
         shuffle=False,
         seed=0,
         subset=SPEC.n_train,

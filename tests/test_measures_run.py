@@ -49,7 +49,7 @@ def test_measure_record(run_dir: Path, tmp_path: Path) -> None:
     assert record["run_digest"] == SPEC.digest and record["measure_settings"] == SETTINGS | OPTIONS
     assert record["m"] == SPEC.n_train and record["evaluated_images"] == 200 and record["eval_subset"] == 200
     assert record["folded_batchnorm"] == 7
-    assert set(record["normalized"]) == set(tables.MEASURES)
+    assert set(record["normalized"]) == set(tables.MEASURE_NAMES)
     assert (
         record["curvature"]["trace"]["samples"] == 2
         and record["curvature"]["top_eigenvalue"]["iterations"] <= 3
@@ -118,7 +118,7 @@ def fake_measures(precision: str, scale: float, saturated: bool) -> dict:
         k: {"saturated": "upper" if saturated and k == "alpha" else None}
         for k in ("sigma", "sigma_mag", "alpha", "alpha_mag")
     }
-    normalized = {name: scale * (i + 1) for i, name in enumerate(tables.MEASURES)}
+    normalized = {name: scale * (i + 1) for i, name in enumerate(tables.MEASURE_NAMES)}
     return {
         "spec": json.loads(spec.to_json()),
         "status": "ok",

@@ -145,7 +145,7 @@ def test_saved_model_reproduces_the_reported_train_and_test_metrics(finished: tu
             split,
             root=tmp / "data",
             batch_size=1000,
-            augment=False,
+            augment="none",
             shuffle=False,
             seed=SPEC.seed,
             subset=n,

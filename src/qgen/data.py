@@ -46,10 +46,12 @@ from torchvision.datasets.utils import calculate_md5, download_and_extract_archi
 
 from qgen.errors import QgenError
 from qgen.registry import Registry
+from qgen.vocab import DATASETS, resolve_augmentation
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
 _CROP_PADDING = 4  # RandomCrop(32, padding=4), the standard CIFAR augmentation
+ARRAY_AUGMENTATIONS = ("none", "crop", "crop_flip")  # qgen.vocab.AUGMENTATIONS an ArrayLoader implements
 _IMAGENET_RESIZE = 256  # eval resize before the 224 center crop (224 / 0.875)
 _IMAGENET_DIRS = {"train": "train", "test": "val"}
 _DIGITS_TEST_SIZE = 360  # 1797 images: 1437 train, 360 test
@@ -125,11 +127,16 @@ def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: 
     return padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def draw_crop_flip(n: int, generator: torch.Generator, padding: int = _CROP_PADDING) -> Tensor:
-    """The random draws of :func:`random_crop_flip` for ``n`` images: rows ``top``, ``left``, ``flip``."""
+def draw_crop_flip(
+    n: int, generator: torch.Generator, padding: int = _CROP_PADDING, *, flip: bool = True
+) -> Tensor:
+    """The random draws of :func:`random_crop_flip` for ``n`` images: rows ``top``, ``left``, ``flip``.
+
+    Without ``flip`` no flip is drawn and the third row is all zeros (augmentation ``crop``).
+    """
     offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return torch.cat([offsets, flip[None].long()])
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return torch.cat([offsets, flips[None].long()])
 
 
 def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = _CROP_PADDING) -> Tensor:
@@ -234,7 +241,7 @@ class ArrayLoader(_EpochLoader):
         *,
         mean: Sequence[float],
         std: Sequence[float],
-        augment: bool,
+        augment: str,
         batching: Batching,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
@@ -244,6 +251,8 @@ class ArrayLoader(_EpochLoader):
             )
         super().__init__(len(labels), batching)
         device = batching.device
+        if augment not in ARRAY_AUGMENTATIONS:
+            raise QgenError(f"augment={augment!r} is not one of {ARRAY_AUGMENTATIONS} for an array dataset")
         self.images = images.to(device)
         self.labels = labels.to(device, torch.int64)
         self.augment = augment
@@ -258,7 +267,13 @@ class ArrayLoader(_EpochLoader):
         for i, start in enumerate(range(0, len(self) * size, size)):
             index = batching.shard(order[start : start + size])
             # Skipped batches still draw their augmentation, so the generator reaches later batches intact.
-            draws = draw_crop_flip(min(size, self.num_samples - start), generator) if self.augment else None
+            draws = (
+                draw_crop_flip(
+                    min(size, self.num_samples - start), generator, flip=self.augment == "crop_flip"
+                )
+                if self.augment != "none"
+                else None
+            )
             if i < self._start or len(index) == 0:
                 continue
             images = self.images[index]
@@ -350,7 +365,7 @@ class _Dataset(ABC):
 
     @abstractmethod
     def loader(
-        self, root: Path, split: str, *, augment: bool, subset: int | None, batching: Batching, workers: int
+        self, root: Path, split: str, *, augment: str, subset: int | None, batching: Batching, workers: int
     ) -> BatchLoader: ...
 
 
@@ -362,7 +377,7 @@ class _ArrayDataset(_Dataset):
         """uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)`` of ``split``."""
 
     def loader(
-        self, root: Path, split: str, *, augment: bool, subset: int | None, batching: Batching, workers: int
+        self, root: Path, split: str, *, augment: str, subset: int | None, batching: Batching, workers: int
     ) -> BatchLoader:
         images, labels = self.arrays(root, split)
         keep = subset_indices(len(labels), subset, batching.seed, where=f"{self.info.name}/{split}")
@@ -530,18 +545,18 @@ class _ImageNet(_Dataset):
                     f"{root / name / unmatched[0]} has no counterpart in {root / other}; {expected}"
                 )
 
-    def _transform(self, augment: bool) -> transforms.Compose:
+    def _transform(self, augment: str) -> transforms.Compose:
         size = self.info.image_size
         crop = (
             [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
-            if augment
+            if augment == "resized_crop_flip"
             else [transforms.Resize(_IMAGENET_RESIZE), transforms.CenterCrop(size)]
         )
         to_tensor = [transforms.ToTensor(), transforms.Normalize(self.info.mean, self.info.std)]
         return transforms.Compose([*crop, *to_tensor])
 
     def loader(
-        self, root: Path, split: str, *, augment: bool, subset: int | None, batching: Batching, workers: int
+        self, root: Path, split: str, *, augment: str, subset: int | None, batching: Batching, workers: int
     ) -> BatchLoader:
         folder = ImageFolder(str(root / _IMAGENET_DIRS[split]), transform=self._transform(augment))
         keep = subset_indices(len(folder), subset, batching.seed, where=f"{self.info.name}/{split}")
@@ -562,33 +577,37 @@ _FMNIST_MEAN, _FMNIST_STD = zero_padded_stats(0.2860, 0.3530, kept=(28 * 28) / (
 _DIGITS_MEAN, _DIGITS_STD = 0.3054, 0.3236
 
 
+def _info(name: str, mean: tuple[float, float, float], std: tuple[float, float, float]) -> DatasetInfo:
+    """The dataset's facts from :data:`qgen.vocab.DATASETS`, with its normalization statistics."""
+    facts = DATASETS[name]
+    return DatasetInfo(name, facts.label, facts.num_classes, facts.image_size, mean, std)
+
+
 @_DATASETS.register("cifar10")
 def _cifar10() -> _Dataset:
-    info = DatasetInfo("cifar10", "CIFAR-10", 10, 32, _CIFAR10_MEAN, _CIFAR10_STD)
+    info = _info("cifar10", _CIFAR10_MEAN, _CIFAR10_STD)
     return _Cifar(info, source=CIFAR10, label_key=b"labels")
 
 
 @_DATASETS.register("cifar100")
 def _cifar100() -> _Dataset:
-    info = DatasetInfo("cifar100", "CIFAR-100", 100, 32, _CIFAR100_MEAN, _CIFAR100_STD)
+    info = _info("cifar100", _CIFAR100_MEAN, _CIFAR100_STD)
     return _Cifar(info, source=CIFAR100, label_key=b"fine_labels")
 
 
 @_DATASETS.register("fashion_mnist")
 def _fashion_mnist() -> _Dataset:
-    return _FashionMNIST(
-        DatasetInfo("fashion_mnist", "Fashion-MNIST", 10, 32, (_FMNIST_MEAN,) * 3, (_FMNIST_STD,) * 3)
-    )
+    return _FashionMNIST(_info("fashion_mnist", (_FMNIST_MEAN,) * 3, (_FMNIST_STD,) * 3))
 
 
 @_DATASETS.register("digits")
 def _digits() -> _Dataset:
-    return _Digits(DatasetInfo("digits", "Digits", 10, 32, (_DIGITS_MEAN,) * 3, (_DIGITS_STD,) * 3))
+    return _Digits(_info("digits", (_DIGITS_MEAN,) * 3, (_DIGITS_STD,) * 3))
 
 
 @_DATASETS.register("imagenet")
 def _imagenet() -> _Dataset:
-    return _ImageNet(DatasetInfo("imagenet", "ImageNet-1K", 1000, 224, _IMAGENET_MEAN, _IMAGENET_STD))
+    return _ImageNet(_info("imagenet", _IMAGENET_MEAN, _IMAGENET_STD))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -619,7 +638,7 @@ def build_loader(
     *,
     root: Path,
     batch_size: int,
-    augment: bool,
+    augment: str,
     shuffle: bool,
     seed: int,
     subset: int | None = None,
@@ -636,6 +655,7 @@ def build_loader(
     ``rank`` of ``world`` selects this process's slice of every batch for data-parallel training.
     """
     dataset = _DATASETS.get(name)()
+    resolve_augmentation(name, augment, f"{name}/{split} loader")
     if split not in SPLITS:
         raise QgenError(f"unknown split {split!r} for {name}; expected one of {', '.join(SPLITS)}")
     batching = Batching(batch_size, shuffle, seed, drop_last, torch.device(device), rank, world)

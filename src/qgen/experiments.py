@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from qgen.errors import QgenError
-from qgen.vocab import FIGURE_NAMES, SUMMARIES, resolve_model_args
+from qgen.vocab import FIGURE_NAMES, SUMMARIES, resolve_augmentation, resolve_model_args
 
 RUN_SCHEMA_VERSION = 2
 DIGEST_DIRNAME_LENGTH = 16
@@ -54,7 +54,9 @@ class RunSpec:
 
     ``model_args`` are resolved on construction: every argument of the model's constructor, with the
     defaults of :data:`qgen.vocab.MODEL_ARGUMENTS` for those not given, so the spec (and its digest)
-    says exactly which network is trained. ``code_version`` is bumped by the user to retrain on purpose.
+    says exactly which network is trained; ``augment`` likewise becomes the dataset's default
+    (:data:`qgen.vocab.DATASETS`) when not given. ``code_version`` is bumped by the user to retrain on
+    purpose.
     """
 
     experiment: str
@@ -77,11 +79,13 @@ class RunSpec:
     quantize_first_last: bool = False
     step_weight_decay: bool = False
     select_by: str = "epoch_loss"
+    augment: str | None = None
     code_version: int = 1
 
     def __post_init__(self) -> None:
         canonical = {
             "model_args": resolve_model_args(self.model, self.model_args, f"run {self.run_id}"),
+            "augment": resolve_augmentation(self.dataset, self.augment, f"run {self.run_id}"),
             "lr": float(self.lr),
             "weight_decay": float(self.weight_decay),
             "gamma": float(self.gamma),
@@ -151,7 +155,7 @@ def grid_points(experiment: Mapping[str, Any]) -> list[GridPoint]:
     return points
 
 
-OPTIONAL_EXPERIMENT_KEYS = ("gamma", "momentum", "seed", "n_train", "n_test", "select_by")
+OPTIONAL_EXPERIMENT_KEYS = ("gamma", "momentum", "seed", "n_train", "n_test", "select_by", "augment")
 
 
 def require_unique_names(config: Mapping[str, Any]) -> None:

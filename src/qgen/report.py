@@ -27,8 +27,7 @@ import jinja2
 import yaml
 
 from qgen.errors import QgenError
-from qgen.tables import MEASURES
-from qgen.vocab import PRECISION_LABELS
+from qgen.vocab import MEASURES, PRECISION_LABELS
 
 Status = Literal["PASS", "FAIL", "NOT RUN"]
 PASS: Status = "PASS"
@@ -174,7 +173,7 @@ SUMMARY_QUANTITIES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] 
         q: r[f"{q}_mean"] for q in ("train_acc", "test_acc", "train_loss", "test_loss", "gap")
     },
     "table2": lambda r: {"weight_norm": r["weight_norm"] if _ok(r) else None},
-    "table3": lambda r: {name: r[name] if _ok(r) else None for name in MEASURES},
+    "table3": lambda r: {m.name: r[m.name] if _ok(r) else None for m in MEASURES},
     "table4": lambda r: {q: r.get(q) for q in ("gap", "test_loss", "test_accuracy", "train_loss")},
     "figure1": lambda r: {"step_size": r["step_size"]},
     "figure2": lambda r: {q: r[q] for q in ("centre_loss", "centre_accuracy", "mean_rise", "max_loss")},
@@ -286,7 +285,7 @@ def _fp32_largest_norm(norm: Mapping[str, float]) -> Verdict:
     return Verdict(FAIL if larger else PASS, evidence)
 
 
-MAGNITUDE_AWARE = tuple(name for name in MEASURES if ".mag." in name)
+MAGNITUDE_AWARE = tuple(m.name for m in MEASURES if m.magnitude_aware)
 
 
 def magnitude_aware_lowest_quantized(values: Sequence[Value]) -> dict[str, Verdict]:

@@ -19,7 +19,9 @@ from qgen import data
 from qgen.corruptions import LABELS as CORRUPTION_LABELS
 from qgen.errors import UnknownNameError
 from qgen.experiments import RunSpec, select_point
-from qgen.vocab import PRECISION_LABELS, PRECISIONS
+from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS
+
+MEASURE_NAMES = tuple(m.name for m in MEASURES)
 
 TABLE1_METRICS = {
     "train_acc": ("train", "accuracy", 100.0),
@@ -111,24 +113,6 @@ def summarize_norms(
     ]
 
 
-MEASURES = (
-    "pacbayes.init",
-    "pacbayes.orig",
-    "pacbayes.mag.init",
-    "pacbayes.mag.orig",
-    "sharpness.init",
-    "sharpness.orig",
-    "sharpness.mag.init",
-    "sharpness.mag.orig",
-)
-MEASURE_SEARCH = {
-    "pacbayes": "sigma",
-    "pacbayes.mag": "sigma_mag",
-    "sharpness": "alpha",
-    "sharpness.mag": "alpha_mag",
-}
-
-
 def summarize_measures(
     measures: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -141,10 +125,12 @@ def summarize_measures(
     for row, precision, result in one_run_per_precision(measures, rows):
         record = _row_record(row, precision, result)
         ok = result["status"] == "ok"
-        for name in MEASURES:
-            search = MEASURE_SEARCH[name.rsplit(".", 1)[0]]
+        for measure in MEASURES:
+            name = measure.name
             record[name] = result["normalized"][name] if ok else None
-            record[f"{name}.saturated"] = result["searches"][search]["saturated"] is not None if ok else None
+            record[f"{name}.saturated"] = (
+                result["searches"][measure.search]["saturated"] is not None if ok else None
+            )
         curvature = result.get("curvature", {})
         record["hessian_top_eigenvalue"] = curvature.get("top_eigenvalue", {}).get("value")
         record["hessian_trace"] = curvature.get("trace", {}).get("value")
@@ -208,7 +194,7 @@ def measures_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rows = []
     for members in groups.values():
         lowest = {}
-        for name in MEASURES:
+        for name in MEASURE_NAMES:
             values = [r[name] for r in members if r[name] is not None]
             lowest[name] = min(values) if values else None
         for r in members:
@@ -218,7 +204,7 @@ def measures_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     "lowest": r[name] is not None and r[name] == lowest[name],
                     "saturated": r[f"{name}.saturated"] is True,
                 }
-                for name in MEASURES
+                for name in MEASURE_NAMES
             ]
             rows.append(
                 {"dataset": r["dataset"], "model": r["model"], "precision": r["precision"], "cells": cells}

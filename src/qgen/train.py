@@ -323,13 +323,19 @@ def _train(
         world=replicas.world,
     )
     train_loader = data.build_loader(
-        spec.dataset, "train", augment=True, shuffle=True, drop_last=True, subset=spec.n_train, **loader_args
+        spec.dataset,
+        "train",
+        augment=spec.augment,
+        shuffle=True,
+        drop_last=True,
+        subset=spec.n_train,
+        **loader_args,
     )
     train_eval_loader = data.build_loader(
-        spec.dataset, "train", augment=False, shuffle=False, subset=spec.n_train, **loader_args
+        spec.dataset, "train", augment="none", shuffle=False, subset=spec.n_train, **loader_args
     )
     test_loader = data.build_loader(
-        spec.dataset, "test", augment=False, shuffle=False, subset=spec.n_test, **loader_args
+        spec.dataset, "test", augment="none", shuffle=False, subset=spec.n_test, **loader_args
     )
 
     torch.manual_seed(spec.seed)

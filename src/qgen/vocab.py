@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qgen.errors import QgenError
+from qgen.errors import QgenError, UnknownNameError
 
 Scalar = bool | int | float | str
 
@@ -23,6 +23,65 @@ PRECISIONS: Mapping[str, int | None] = {"fp32": None, "int8": 8, "int4": 4, "int
 """Precision name -> weight bit width (``None``: no quantizer), in the paper's column order."""
 PRECISION_LABELS: Mapping[str, str] = {"fp32": "FP32", "int8": "Int8", "int4": "Int4", "int2": "Int2"}
 """How tables, figures and the report print each precision."""
+
+
+AUGMENTATIONS: Mapping[str, str] = {
+    "none": "none",
+    "crop": "a random crop of the image zero-padded by 4 pixels on each side",
+    "crop_flip": "a random crop of the image zero-padded by 4 pixels, then a horizontal flip with p = 0.5",
+    "resized_crop_flip": "RandomResizedCrop to the image size, then a horizontal flip with p = 0.5",
+}
+"""Training augmentation name -> what it does (evaluation is never augmented)."""
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the config, tables and models need to know of a dataset; its loader lives in ``qgen.data``.
+
+    ``augmentations`` are the training augmentations it supports, its default first.
+    """
+
+    name: str
+    label: str
+    num_classes: int
+    image_size: int
+    augmentations: tuple[str, ...]
+
+
+DATASETS: Mapping[str, DatasetFacts] = {
+    d.name: d
+    for d in (
+        DatasetFacts("cifar10", "CIFAR-10", 10, 32, ("crop_flip", "crop", "none")),
+        DatasetFacts("cifar100", "CIFAR-100", 100, 32, ("crop_flip", "crop", "none")),
+        DatasetFacts("fashion_mnist", "Fashion-MNIST", 10, 32, ("crop_flip", "crop", "none")),
+        # A mirrored digit is often another digit (or none), so digits are cropped, never flipped.
+        DatasetFacts("digits", "Digits", 10, 32, ("crop", "crop_flip", "none")),
+        DatasetFacts("imagenet", "ImageNet-1K", 1000, 224, ("resized_crop_flip", "none")),
+    )
+}
+"""Dataset name -> its facts."""
+
+
+def dataset_facts(name: str) -> DatasetFacts:
+    """The facts of dataset ``name``; a :class:`~qgen.errors.UnknownNameError` lists the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+
+
+def resolve_augmentation(dataset: str, augment: str | None, where: str) -> str:
+    """``augment``, or the dataset's default when it is ``None``; one the dataset does not support is an
+    error naming ``where`` and the supported ones."""
+    facts = dataset_facts(dataset)
+    if augment is None:
+        return facts.augmentations[0]
+    if augment not in facts.augmentations:
+        raise QgenError(
+            f"{where}: augment={augment!r} is not one of {dataset}'s augmentations: "
+            f"{', '.join(facts.augmentations)}"
+        )
+    return augment
 
 
 @dataclass(frozen=True)
@@ -90,6 +149,69 @@ def resolve_model_args(model: str, given: Mapping[str, Any], where: str) -> dict
     return {
         name: a.check(given[name], where) if name in given else a.default for name, a in arguments.items()
     }
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One of the paper's eight flatness measures (App. A, eqs. 15-22), described by what it is.
+
+    ``family`` is the PAC-Bayes bound (Gaussian noise, searched scale sigma) or the sharpness bound
+    (worst-case noise, alpha); ``magnitude_aware`` bounds the noise relative to each weight (sigma',
+    alpha'); ``reference`` is the point the norm is taken from: ``init`` for ``||W - W0||``, ``orig`` for
+    ``||W||``. Everything else (its search, column label, equation) follows from these.
+    """
+
+    family: str
+    magnitude_aware: bool
+    reference: str
+
+    @property
+    def name(self) -> str:
+        """``pacbayes.mag.init`` etc.: the key in ``measures.json`` and the summary's column."""
+        return ".".join((self.family, *(["mag"] if self.magnitude_aware else []), self.reference))
+
+    @property
+    def search(self) -> str:
+        """The scale search it uses: ``sigma``, ``sigma_mag``, ``alpha`` or ``alpha_mag``."""
+        scale = "sigma" if self.family == "pacbayes" else "alpha"
+        return f"{scale}_mag" if self.magnitude_aware else scale
+
+    @property
+    def label(self) -> str:
+        """The column header of the paper's Table 3, e.g. ``Mag-Init``."""
+        return ("Mag-" if self.magnitude_aware else "") + self.reference.capitalize()
+
+    @property
+    def equation(self) -> int:
+        """Its equation in the paper's App. A (15-22)."""
+        base = {
+            ("pacbayes", False): 15,
+            ("sharpness", False): 17,
+            ("pacbayes", True): 19,
+            ("sharpness", True): 21,
+        }
+        return base[(self.family, self.magnitude_aware)] + (self.reference == "orig")
+
+
+MEASURE_FAMILIES: Mapping[str, str] = {"pacbayes": "PAC-Bayesian", "sharpness": "Sharpness"}
+"""Measure family -> the heading of its column group in Table 3."""
+MEASURES: tuple[Measure, ...] = tuple(
+    Measure(family, magnitude_aware, reference)
+    for family in MEASURE_FAMILIES
+    for magnitude_aware in (False, True)
+    for reference in ("init", "orig")
+)
+"""The eight measures in the paper's column order (Table 3)."""
+SEARCHES: tuple[str, ...] = tuple(dict.fromkeys(m.search for m in MEASURES))
+"""The four scale searches, in the order they run."""
+
+
+def measure(name: str) -> Measure:
+    """The measure called ``name`` (e.g. ``sharpness.mag.orig``)."""
+    for m in MEASURES:
+        if m.name == name:
+            return m
+    raise QgenError(f"unknown measure {name!r}; known: {', '.join(m.name for m in MEASURES)}")
 
 
 @dataclass(frozen=True)

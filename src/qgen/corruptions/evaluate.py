@@ -73,7 +73,7 @@ def split_loader(
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
         targets = torch.from_numpy(labels)
         return data.ArrayLoader(
-            pixels, targets, mean=info.mean, std=info.std, augment=False, batching=batching
+            pixels, targets, mean=info.mean, std=info.std, augment="none", batching=batching
         )
     # ImageNet-C images are stored at the crop size: no Resize(256) again (ImageNet-C/test.py).
     transform = transforms.Compose(

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor
 
+from qgen.vocab import Measure
+
 EPSILON = 1e-3
 """``epsilon`` of eqs. 19-22 (paper App. A)."""
 
@@ -69,3 +71,19 @@ def sharpness_mag(
 def normalized(value: float, m: int) -> float:
     """The paper's reported form ``sqrt(x / m)`` (Table 3 caption)."""
     return math.sqrt(value / m)
+
+
+def measure_value(
+    measure: Measure, norm_sq: float, dist: Tensor, scale: float, m: int, epsilon: float, delta: float
+) -> float:
+    """The raw value of ``measure`` (paper eq. ``measure.equation``) at its searched ``scale``.
+
+    ``norm_sq`` is ``||W - W0||^2`` or ``||W||^2`` as ``measure.reference`` says, ``dist = W - W0``.
+    """
+    if measure.family == "pacbayes":
+        if measure.magnitude_aware:
+            return pacbayes_mag(norm_sq, dist, scale, m, epsilon)
+        return pacbayes(norm_sq, scale, m)
+    if measure.magnitude_aware:
+        return sharpness_mag(norm_sq, dist, scale, m, delta, epsilon)
+    return sharpness(norm_sq, dist.numel(), scale, m)

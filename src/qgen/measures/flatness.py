@@ -34,10 +34,9 @@ from qgen.measures.perturb import (
 from qgen.measures.search import SearchResult, bisect_scale, bisection_move
 from qgen.norms import weight_vector
 from qgen.progress import ProgressClock, duration
+from qgen.vocab import MEASURES, SEARCHES
 
 log = logging.getLogger(__name__)
-
-SEARCHES = ("sigma", "sigma_mag", "alpha", "alpha_mag")
 
 
 @dataclass(frozen=True)
@@ -272,32 +271,33 @@ class FlatnessSearch:
         return self._search(search, draw)
 
     def run(self) -> dict[str, SearchResult]:
-        return {
-            "sigma": self.gaussian(False),
-            "sigma_mag": self.gaussian(True),
-            "alpha": self.worst_case(False),
-            "alpha_mag": self.worst_case(True),
+        """The four searches of :data:`qgen.vocab.SEARCHES`, in that order."""
+        run = {
+            "sigma": lambda: self.gaussian(False),
+            "sigma_mag": lambda: self.gaussian(True),
+            "alpha": lambda: self.worst_case(False),
+            "alpha_mag": lambda: self.worst_case(True),
         }
+        return {search: run[search]() for search in SEARCHES}
 
 
 def bound_values(
     w: Tensor, w0: Tensor, scales: dict[str, float], m: int, settings: MeasureSettings
 ) -> dict[str, float]:
-    """The eight raw measures of App. A from the weights and the four searched scales."""
+    """The eight raw measures of App. A (:data:`qgen.vocab.MEASURES`) from the weights and searched scales."""
     dist = w - w0
-    omega = w.numel()
-    norm_sq, dist_sq = float(w.square().sum()), float(dist.square().sum())
-    sigma, sigma_mag, alpha, alpha_mag = (scales[k] for k in SEARCHES)
-    eps, delta = settings.epsilon, settings.delta
+    norm_sq = {"init": float(dist.square().sum()), "orig": float(w.square().sum())}
     return {
-        "pacbayes.init": bounds.pacbayes(dist_sq, sigma, m),
-        "pacbayes.orig": bounds.pacbayes(norm_sq, sigma, m),
-        "pacbayes.mag.init": bounds.pacbayes_mag(dist_sq, dist, sigma_mag, m, eps),
-        "pacbayes.mag.orig": bounds.pacbayes_mag(norm_sq, dist, sigma_mag, m, eps),
-        "sharpness.init": bounds.sharpness(dist_sq, omega, alpha, m),
-        "sharpness.orig": bounds.sharpness(norm_sq, omega, alpha, m),
-        "sharpness.mag.init": bounds.sharpness_mag(dist_sq, dist, alpha_mag, m, delta, eps),
-        "sharpness.mag.orig": bounds.sharpness_mag(norm_sq, dist, alpha_mag, m, delta, eps),
+        measure.name: bounds.measure_value(
+            measure,
+            norm_sq[measure.reference],
+            dist,
+            scales[measure.search],
+            m,
+            settings.epsilon,
+            settings.delta,
+        )
+        for measure in MEASURES
     }
 
 

@@ -54,7 +54,7 @@ def training_eval_set(
         "train",
         root=data_root,
         batch_size=batch_size,
-        augment=False,
+        augment="none",
         shuffle=False,
         seed=spec.seed,
         subset=spec.n_train,
