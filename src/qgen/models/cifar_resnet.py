@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 
 from qgen.models._factory import MODELS
-from qgen.models._layers import conv_bn
+from qgen.models._layers import GlobalAvgPool2d, conv_bn
 
 BOTTLENECK_EXPANSION = 4
 
@@ -86,7 +86,7 @@ class CifarResNet(nn.Module):
                 in_channels = blocks[-1].out_channels
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool2d()
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from qgen.models._factory import MODELS
-from qgen.models._layers import conv_bn
+from qgen.models._layers import GlobalAvgPool2d, conv_bn
 
 STEM_CHANNELS = 32
 # (output channels, stride) of the 13 depthwise-separable blocks (Howard et al. 2017, Table 1).
@@ -59,7 +59,7 @@ class CifarMobileNetV1(nn.Module):
             blocks.append(depthwise_separable(in_channels, scaled(channels), stride))
             in_channels = scaled(channels)
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool2d()
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from qgen.models._factory import MODELS
+from qgen.models._layers import GlobalAvgPool2d
 
 
 class NiNBlock(nn.Module):
@@ -63,7 +64,7 @@ class NiN(nn.Module):
                 conv=nn.Conv2d(channels, num_classes, kernel_size=1),
                 bn=nn.BatchNorm2d(num_classes),
                 relu=nn.ReLU(),
-                pool=nn.AdaptiveAvgPool2d(1),
+                pool=GlobalAvgPool2d(),
                 flatten=nn.Flatten(1),
             )
         )
