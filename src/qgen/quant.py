@@ -8,7 +8,9 @@ The paper quantizes each targeted layer's weight tensor ``w`` with a learned ste
 Gradients follow LSQ: the rounding is a straight-through estimator, so ``d w_hat / d w`` is 1 inside the
 clip range and 0 outside; ``d w_hat / d s`` is ``round(w/s) - w/s`` inside the range and the clip bound
 (``-Q_N`` or ``Q_P``) outside, and the step's gradient is scaled by ``g = 1 / sqrt(N * Q_P)`` with ``N`` the
-number of weights in the layer. The step starts at ``s0 = 2 * mean|w| / sqrt(Q_P)``.
+number of weights in the layer; ``w/s`` exactly at a bound counts as clipped. One fused autograd node,
+:class:`LSQFakeQuant`, computes ``w_hat`` and both gradients. The step starts at
+``s0 = 2 * mean|w| / sqrt(Q_P)``.
 
 Quantizers are attached with :func:`torch.nn.utils.parametrize.register_parametrization`, so
 ``module.weight`` is the quantized weight ``w_hat`` wherever the module reads it, the latent float
