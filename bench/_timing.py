@@ -1,7 +1,8 @@
 """Shared helpers of the bench/ scripts: interleaved timing, medians, targets and the PASS/FAIL line.
 
 Machines running these scripts are noisy, so every comparison is measured side by side in one process:
-after warm-up the variants run interleaved (A, B, A, B, ...) and each is summarised by its median.
+after warm-up the variants run interleaved, in rotating order (A, B, C, then B, C, A, then C, A, B, ...),
+and each is summarised by its median.
 """
 
 from __future__ import annotations
@@ -40,18 +41,24 @@ def interleave(
 ) -> dict[str, list[float]]:
     """Wall seconds of each variant over ``repeats`` interleaved rounds, after ``warmup`` untimed rounds.
 
-    Each round calls every variant once, in the mapping's order.
+    Each round calls every variant once; round ``r`` starts at the mapping's variant ``r mod n`` and
+    goes on in the mapping's order, so over ``n`` rounds every variant runs once in every position and
+    what a position does to a step (the variant before it, the allocator's state) does not favour one
+    variant (with a fixed order, ``lsq_overhead.py`` timed its FP32 control, last in every round, 5-9%
+    slower than the identical FP32 step that ran first).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     for _ in range(warmup):
         for run in variants.values():
             run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        start_at = round_ % len(names)
+        for name in names[start_at:] + names[:start_at]:
             start = time.perf_counter()
-            run()
+            variants[name]()
             times[name].append(time.perf_counter() - start)
     return times
 

@@ -5,12 +5,18 @@ are built from the same seed with ``qgen.train.build_model`` (one FP32, one with
 at ``--precision``) and given SGD with momentum by ``qgen.train.build_optimizer``. A step is what
 ``qgen.train.train_epoch`` does per batch: forward, cross-entropy, ``zero_grad``, backward, optimizer
 step and ``quant.clamp_steps_`` (nothing to clamp for the FP32 model), on one fixed random batch of
-``--batch-size`` 32x32 images. After warm-up the two steps alternate (FP32, LSQ, FP32, LSQ, ...) and
-the script prints their medians and the ratio LSQ / FP32.
+``--batch-size`` 32x32 images. A second, identical FP32 copy (``fp32'``) is the control. After warm-up
+the three steps alternate in rotating order (``_timing.interleave``); the script prints their medians,
+the ratio LSQ / FP32, and the control's ratio FP32' / FP32, whose distance from 1 is the noise of the
+run (several percent on a shared 2-core machine). One thread by default, as one training job of a CPU
+sweep runs.
 
-Target: ratio <= 1.10 for every model. Exit status 1 if any model fails it.
+Target: ratio <= 1.05 for every model (issue 13). Exit status 1 if any model fails it. The quantizer is
+one fused node per layer (``quant.LSQFakeQuant``); what remains of the overhead is that node: its
+elementwise passes over the weights and about 70 us of dispatch per layer (the parametrization, the extra
+parameter group and ``clamp_steps_`` together cost under 0.1% of a step).
 
-    python bench/lsq_overhead.py                        # defaults, ~40 s on 2 cores
+    python bench/lsq_overhead.py                        # defaults, ~100 s
     python bench/lsq_overhead.py --depth 2 --width 2 --repeats 3 --models nin   # quick check
 """
 
@@ -32,9 +38,10 @@ from qgen.train import build_optimizer
 
 from _timing import Target, interleave, median, set_threads, spread, verdict
 
-TARGET = Target(1.10)
+TARGET = Target(1.05)
 MODELS = ("nin", "resnet18_cifar")
 NUM_CLASSES = 10  # the spec's dataset (cifar10) sets the classifier size; the batch is random
+CONTROL = "fp32'"
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,9 +53,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=quantized, default="int4")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return parser.parse_args()
 
 
@@ -104,12 +111,15 @@ def main() -> int:
         steps = {
             "fp32": training_step(spec(name, model_args, "fp32"), images, labels),
             args.precision: training_step(spec(name, model_args, args.precision), images, labels),
+            CONTROL: training_step(spec(name, model_args, "fp32"), images, labels),
         }
         times = interleave(steps, repeats=args.repeats, warmup=args.warmup)
         shown = ", ".join(f"{k}={v}" for k, v in model_args.items())
         print(f"{name}({shown})")
         for variant, seconds in times.items():
             print(f"  {variant:5s} {spread(seconds, 1e3, ' ms')}")
+        control = median(times[CONTROL]) / median(times["fp32"])
+        print(f"  {CONTROL}/fp32 = {control:.3f}   (the same step twice: its distance from 1 is noise)")
         ratio = median(times[args.precision]) / median(times["fp32"])
         passed &= verdict(f"{args.precision}/fp32", ratio, TARGET)
     return 0 if passed else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,10 +11,12 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.func import functional_call, vmap
 
 from qgen.errors import QgenError
 from qgen.models import MODELS, create_model, model_names
 from qgen.models._factory import check_signature
+from qgen.models._layers import GlobalAvgPool2d
 from qgen.registry import Registry
 from qgen.vocab import MODEL_ARGUMENTS
 
@@ -219,3 +222,68 @@ def test_a_constructor_that_differs_from_its_description_is_refused() -> None:
 def test_num_classes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         create_model("nin", 0)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 1, 1), (4, 6, 2, 2), (3, 5, 3, 5), (2, 16, 8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_pool_equals_adaptive_average_pool_in_value_and_gradient(
+    shape: tuple[int, ...], channels_last: bool
+) -> None:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    upstream = torch.randn(shape[0], shape[1], 1, 1, generator=torch.Generator().manual_seed(1))
+    ours, theirs = GlobalAvgPool2d()(x), nn.AdaptiveAvgPool2d(1)(x)
+    torch.testing.assert_close(ours, theirs)
+    (grad_ours,) = torch.autograd.grad(ours, x, upstream)
+    (grad_theirs,) = torch.autograd.grad(theirs, x, upstream)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+
+
+POOLED_MODELS = [
+    ("nin", {"depth": 2, "width": 1, "base_width": 4}, "head.pool"),
+    ("resnet18_cifar", {"base_width": 2}, "pool"),
+    ("mobilenet_v1_cifar", {"width_mult": 0.125}, "pool"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "pool"), POOLED_MODELS)
+def test_global_pool_keeps_the_state_dict_and_the_logits_of_adaptive_pooling(
+    name: str, kwargs: dict, pool: str
+) -> None:
+    """Runs trained with ``nn.AdaptiveAvgPool2d(1)`` at the same attribute load and compute the same."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, **kwargs).eval()
+    assert isinstance(model.get_submodule(pool), GlobalAvgPool2d)
+    old = create_model(name, 10, **kwargs).eval()
+    parent, _, attribute = pool.rpartition(".")
+    setattr(old.get_submodule(parent), attribute, nn.AdaptiveAvgPool2d(1))
+    old.load_state_dict(model.state_dict())
+    assert list(old.state_dict()) == list(model.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), old(x))
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [(name, kwargs) for name, kwargs, _ in POOLED_MODELS])
+def test_stacked_copies_run_under_vmap_without_a_batching_fallback(name: str, kwargs: dict) -> None:
+    """Perturbed copies on channels_last images, as :mod:`qgen.measures.perturb` evaluates them; with
+    ``nn.AdaptiveAvgPool2d(1)`` PyTorch falls back to a per-copy loop for ``aten::as_strided_``."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, **kwargs).eval()
+    state = {k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    moved = [k for k, p in model.named_parameters() if p.dim() > 1]
+    copies = {k: state[k] + 0.01 * torch.randn(2, *state[k].shape) for k in moved}
+    fixed = {k: v for k, v in state.items() if k not in copies}
+    images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+
+    def logits(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(model, {**fixed, **params}, (images,))
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message="There is a performance drop")
+        batched = vmap(logits)(copies)
+    with torch.no_grad():
+        one_by_one = torch.stack([logits({k: v[i] for k, v in copies.items()}) for i in range(2)])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-5)

@@ -1,10 +1,10 @@
-"""The convolution unit shared by the CIFAR model families."""
+"""Layers shared by the CIFAR model families: the convolution unit and the global average pool."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from torch import nn
+from torch import Tensor, nn
 
 
 def conv_bn(
@@ -37,3 +37,17 @@ def conv_bn(
     if activation:
         layers["relu"] = nn.ReLU()
     return nn.Sequential(layers)
+
+
+class GlobalAvgPool2d(nn.Module):
+    """Average over the spatial dimensions, ``(N, C, H, W) -> (N, C, 1, 1)``: ``nn.AdaptiveAvgPool2d(1)``.
+
+    Written as a mean over ``H`` and ``W`` because ``adaptive_avg_pool2d`` has no complete batching rule:
+    under ``torch.func.vmap`` (the stacked perturbed copies of :mod:`qgen.measures.perturb`) on a
+    channels_last input it falls back to a per-copy loop, with PyTorch's warning "There is a performance
+    drop because we have not yet implemented the batching rule for aten::as_strided_". The values equal
+    ``AdaptiveAvgPool2d(1)``'s up to float rounding; there are no parameters or buffers.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from qgen.errors import QgenError
 from qgen.models._factory import MODELS
-from qgen.models._layers import conv_bn
+from qgen.models._layers import GlobalAvgPool2d, conv_bn
 
 BOTTLENECK_EXPANSION = 4
 
@@ -87,7 +87,7 @@ class CifarResNet(nn.Module):
                 in_channels = blocks[-1].out_channels
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool2d()
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from qgen.errors import QgenError
 from qgen.models._factory import MODELS
-from qgen.models._layers import conv_bn
+from qgen.models._layers import GlobalAvgPool2d, conv_bn
 
 STEM_CHANNELS = 32
 # (output channels, stride) of the 13 depthwise-separable blocks (Howard et al. 2017, Table 1).
@@ -60,7 +60,7 @@ class CifarMobileNetV1(nn.Module):
             blocks.append(depthwise_separable(in_channels, scaled(channels), stride))
             in_channels = scaled(channels)
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool2d()
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from qgen.errors import QgenError
 from qgen.models._factory import MODELS
+from qgen.models._layers import GlobalAvgPool2d
 
 
 class NiNBlock(nn.Module):
@@ -64,7 +65,7 @@ class NiN(nn.Module):
                 conv=nn.Conv2d(channels, num_classes, kernel_size=1),
                 bn=nn.BatchNorm2d(num_classes),
                 relu=nn.ReLU(),
-                pool=nn.AdaptiveAvgPool2d(1),
+                pool=GlobalAvgPool2d(),
                 flatten=nn.Flatten(1),
             )
         )
