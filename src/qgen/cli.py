@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, required=True, help="the clean dataset's directory")
     p.add_argument("--out", type=Path, required=True, help="directory to write the corrupted set to")
     p.add_argument("--split", default="test", help="the clean split to corrupt (default: test)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=int, required=True, help="seed of every random draw (config: its `seed`)")
     p.add_argument(
         "--profile", choices=["cifar", "imagenet"], help="severity constants (default: by image size)"
     )
@@ -483,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-setting", default="{}", help="the config's corruptions.data.<dataset> entry (JSON; recorded)"
     )
     p.add_argument("--out", type=Path, required=True, help="corruptions.csv to write")
-    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
+    p.add_argument(
+        "--batch-size", type=int, required=True, help="evaluation batch size (config: corruptions.batch_size)"
+    )
     _add_device_options(p)
     p.add_argument("--workers", type=int, default=0, help="JPEG-decoding worker processes (ImageNet-C)")
     p.set_defaults(func=_evaluate_corruptions)
