@@ -127,6 +127,7 @@ def measure_run(
     }
     if metrics["status"] != "ok":
         return record
+    record["generalization_gap"] = metrics["generalization_gap"]  # what the measures predict
     dev = resolve_device(device)
     network = measured_network(model, run.weights).to(dev)
     reference = measured_network(load_model(run_dir / "init.pt", spec), run.weights).to(dev)
