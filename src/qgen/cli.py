@@ -177,22 +177,25 @@ def _named(items: Sequence[str], option: str, names: Sequence[str]) -> dict[str,
 
 
 def _report(args: argparse.Namespace) -> None:
-    from qgen import files, report, summary
+    from qgen import files, summary
+    from qgen.report.paper import read_notes, read_paper_table
+    from qgen.report.render import build_context, render
+    from qgen.report.values import SOURCES, Value, diverged, values_of
 
-    sources: dict[str, list[report.Value] | None] = dict.fromkeys(report.SOURCES)
-    paths = _named(args.results, "--results", report.SOURCES)
-    configs = _named(args.configs, "--configs", report.SOURCES)
-    diverged: list[str] = []
+    sources: dict[str, list[Value] | None] = dict.fromkeys(SOURCES)
+    paths = _named(args.results, "--results", SOURCES)
+    configs = _named(args.configs, "--configs", SOURCES)
+    diverged_cells: list[str] = []
     for name, path in paths.items():
         if name not in configs:
             raise QgenError(f"--results {name}={path} has no --configs {name}=<config slice file>")
         rows = summary.read_summary(path, configs[name], name)
-        sources[name] = report.values_of(name, rows)
-        diverged += report.diverged(name, rows)
-    cells = [cell for path in args.paper for cell in report.read_paper_table(path)]
-    context = report.build_context(cells, sources, report.read_notes(args.notes), diverged)
+        sources[name] = values_of(name, rows)
+        diverged_cells += diverged(name, rows)
+    cells = [cell for path in args.paper for cell in read_paper_table(path)]
+    context = build_context(cells, sources, read_notes(args.notes), diverged_cells)
     for template, out in zip(args.templates, args.out, strict=True):
-        files.write_text(out, report.render(template, context))
+        files.write_text(out, render(template, context))
         log.info("wrote %s", out)
     log.info("claims on our results: %s", context["counts"])
 
