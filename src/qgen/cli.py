@@ -116,7 +116,13 @@ def _render(args: argparse.Namespace) -> None:
     from qgen import files, summary, tables
 
     records = summary.read_summary(args.csv, args.config, args.table)
-    context = tables.table(args.table).context(records)
+    try:
+        context = tables.table(args.table).context(records)
+    except KeyError as exc:
+        raise QgenError(
+            f"{args.csv}: missing column {exc.args[0]!r} (written by an older qgen?); rebuild it with "
+            "`snakemake --forcerun summarize <target>`"
+        ) from None
     source = f"{args.csv} (config digest {records[0][summary.PROVENANCE]})"
     files.write_text(args.out, tables.render(args.template, context, source))
     log.info("wrote %s", args.out)
@@ -178,6 +184,7 @@ def _named(items: Sequence[str], option: str, names: Sequence[str]) -> dict[str,
 
 def _report(args: argparse.Namespace) -> None:
     from qgen import files, summary
+    from qgen.report.claims import COVERAGE
     from qgen.report.paper import read_notes, read_paper_table
     from qgen.report.render import build_context, render
     from qgen.report.values import SOURCES, Value, diverged, values_of
@@ -193,7 +200,8 @@ def _report(args: argparse.Namespace) -> None:
         sources[name] = values_of(name, rows)
         diverged_cells += diverged(name, rows)
     cells = [cell for path in args.paper for cell in read_paper_table(path)]
-    context = build_context(cells, sources, read_notes(args.notes), diverged_cells)
+    coverage = COVERAGE if args.coverage is None else args.coverage
+    context = build_context(cells, sources, read_notes(args.notes), diverged_cells, coverage)
     for template, out in zip(args.templates, args.out, strict=True):
         files.write_text(out, render(template, context))
         log.info("wrote %s", out)
@@ -403,10 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         nargs="*",
         default=[],
-        help="our summaries as NAME=CSV (table1..table4, figure1, figure2)",
+        help="our summaries as NAME=CSV (table1..table5, figure1, figure2)",
     )
     p.add_argument(
         "--configs", nargs="*", default=[], help="NAME=JSON: the config slice each summary must summarise"
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="a difference decides a claim when it exceeds this many standard uncertainties "
+        "(default: qgen.report.claims.COVERAGE, 2)",
     )
     p.add_argument(
         "--templates", type=Path, nargs="+", required=True, help="jinja2 templates (.md.j2, .html.j2)"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qgen.report.paper import Note, PaperCell
-from qgen.report.values import TITLES, Value
+from qgen.report.values import Value, title
 from qgen.vocab import PRECISION_LABELS
 
 
@@ -64,7 +64,7 @@ def compare(
     )
     return {
         "source": source,
-        "title": TITLES[source],
+        "title": title(source),
         "ran": ours is not None,
         "cells": sum(len(g.rows) for g in groups.values()),
         "reproduced": sum(g.reproduced for g in groups.values()),

@@ -3,16 +3,18 @@ HTML templates (:func:`render`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
-from qgen.report.claims import FAIL, NOT_RUN, PASS, claim_rows
+from qgen.report.claims import COVERAGE, NOT_RUN, STATUSES, claim_rows, rule
 from qgen.report.compare import compare
 from qgen.report.paper import Note, PaperCell, table1_arithmetic
-from qgen.report.values import SOURCES, TITLES, Value
+from qgen.report.values import SOURCES, UNCERTAINTY, Value, title
 
 
 def build_context(
@@ -20,26 +22,32 @@ def build_context(
     ours: Mapping[str, Sequence[Value] | None],
     notes: Sequence[Note],
     diverged_cells: Sequence[str] = (),
+    coverage: float = COVERAGE,
 ) -> dict[str, Any]:
-    """Everything the report templates show; ``diverged_cells`` from :func:`qgen.report.values.diverged`."""
+    """Everything the report templates show; ``diverged_cells`` from :func:`qgen.report.values.diverged`,
+    ``coverage`` the factor ``k`` of the claims' rule (:mod:`qgen.report.claims`)."""
     paper_by_source: dict[str, list[PaperCell]] = {}
     for cell in paper_cells:
         paper_by_source.setdefault(cell.value.source, []).append(cell)
     paper_values: dict[str, Sequence[Value] | None] = {s: None for s in SOURCES}
     paper_values |= {s: [c.value for c in cells] for s, cells in paper_by_source.items()}
-    claims = claim_rows(paper_values, ours)
+    claims = claim_rows(paper_values, ours, coverage)
     verdicts = [row["ours"].status for claim in claims for row in claim["rows"]]
-    counts = {status: verdicts.count(status) for status in (PASS, FAIL, NOT_RUN)}
     return {
         "claims": claims,
-        "counts": counts,
+        "counts": {status: verdicts.count(status) for status in STATUSES},
+        "coverage": coverage,
+        "rule": rule(coverage),
+        "uncertainty": [
+            {"title": title(s), "basis": UNCERTAINTY[s], "ran": ours.get(s) is not None} for s in SOURCES
+        ],
         "tables": [
             compare(paper_by_source[s], ours.get(s), notes, s) for s in SOURCES if s in paper_by_source
         ],
-        "figures": [
+        "unpublished": [
             {
                 "source": s,
-                "title": TITLES[s],
+                "title": title(s),
                 "ran": ours.get(s) is not None,
                 "notes": [n.text for n in notes if n.on_table(s)],
             }
@@ -50,6 +58,7 @@ def build_context(
         "arithmetic": table1_arithmetic(paper_cells),
         "diverged": list(diverged_cells),
         "general_notes": [n.text for n in notes if not n.tables],
+        "not_run": NOT_RUN,
     }
 
 
@@ -58,8 +67,25 @@ def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+_INLINE = (
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"\*([^*\s][^*]*)\*"), r"<em>\1</em>"),
+)
+"""The inline Markdown our own texts use (notes.yaml, the rule) and its HTML."""
+
+
+def _html_inline(text: Any) -> markupsafe.Markup:
+    """``text`` escaped, with its inline Markdown (:data:`_INLINE`) as HTML."""
+    html = str(markupsafe.escape(text))
+    for pattern, replacement in _INLINE:
+        html = pattern.sub(replacement, html)
+    return markupsafe.Markup(html)
+
+
 def render(template: Path | str, context: Mapping[str, Any]) -> str:
-    """Fill a report template (standard jinja2 delimiters; HTML templates are autoescaped)."""
+    """Fill a report template (standard jinja2 delimiters; HTML templates are autoescaped and turn the
+    texts' inline Markdown into HTML with the ``inline`` filter)."""
     path = Path(template)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(path.parent),
@@ -69,5 +95,5 @@ def render(template: Path | str, context: Mapping[str, Any]) -> str:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters["md"] = _md_cell
+    env.filters |= {"md": _md_cell, "inline": _html_inline}
     return env.get_template(path.name).render(**context)
