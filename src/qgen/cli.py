@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from qgen import __version__
 from qgen.errors import QgenError
-from qgen.vocab import PRECISION_LABELS
 
 if TYPE_CHECKING:
     from qgen.experiments import RunSpec
@@ -166,8 +165,7 @@ def _figure2(args: argparse.Namespace) -> None:
         surfaces.append(surface)
     for r in records:
         log.info("%s: centre loss %.4f, mean rise %.4f", r["run_id"], r["centre_loss"], r["mean_rise"])
-    labels = [PRECISION_LABELS[by_run[s.run_id]["precision"]] for s in surfaces]
-    figures.plot_surfaces(surfaces, labels, args.out, zmax=args.zmax)
+    figures.plot_surfaces(surfaces, [by_run[s.run_id] for s in surfaces], args.out, zmax=args.zmax)
     files.write_csv(args.data, records)
 
 
