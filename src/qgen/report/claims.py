@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from qgen.errors import QgenError
 from qgen.report.values import Value
+from qgen.tables import REFERENCE_PRECISION
 from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS
 
 Status = Literal["PASS", "FAIL", "INCONCLUSIVE", "NOT RUN"]
@@ -37,9 +38,10 @@ COVERAGE = 2.0
 """Default coverage factor ``k``: a difference counts when it exceeds ``k`` standard uncertainties (about a
 95% interval for a normal error; ``qgen report --coverage``)."""
 
-ORDER = tuple(PRECISIONS)  # decreasing precision, as in the paper's tables
-FULL = ORDER[0]
-QUANTIZED = ORDER[1:]
+ORDER = tuple(sorted(PRECISIONS, key=lambda p: -(PRECISIONS[p] or math.inf)))
+"""The precisions from full precision down to the fewest bits: the direction of the paper's trends."""
+FULL = REFERENCE_PRECISION
+QUANTIZED = tuple(p for p in ORDER if PRECISIONS[p] is not None)
 # Test-accuracy points within which Int8 counts as "on par" with FP32 (our reading; docs/decisions.md).
 INT8_TOLERANCE = 1.0
 MOST, ALMOST_ALL, ALL = 0.5, 0.9, 1.0  # fractions of cells: "most" is more than half, "almost all" >= 90%
