@@ -129,8 +129,7 @@ def sign(d: float, u: float | None, k: float) -> Status:
 
 def less(a: Value, b: Value, k: float) -> Comparison:
     """The comparison ``a < b``."""
-    c = Comparison(a, b, INCONCLUSIVE)
-    return replace(c, status=sign(c.difference, c.uncertainty, k))
+    return Comparison(a, b, sign(b.value - a.value, combined(a, b), k))
 
 
 def both(statuses: Iterable[Status]) -> Status:
