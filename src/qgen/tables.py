@@ -21,7 +21,6 @@ from typing import Any
 
 import jinja2
 
-from qgen.corruptions import LABELS as CORRUPTION_LABELS
 from qgen.errors import QgenError, UnknownNameError
 from qgen.experiments import RunSpec, select_point
 from qgen.vocab import MEASURE_FAMILIES, MEASURES, PRECISION_LABELS, PRECISIONS, dataset_facts
@@ -375,6 +374,14 @@ REFERENCE_PRECISION = next(iter(PRECISIONS))
 """The precision every corruption-table cell is compared with: full precision, the first of the vocabulary."""
 
 
+def corruption_label(name: str) -> str:
+    """How the paper prints a corruption (the registry's label); imported here so that the other tables'
+    jobs need not load the corruption code (numpy, scipy, PIL)."""
+    from qgen.corruptions import LABELS
+
+    return LABELS.get(name, name)
+
+
 def _gap_mark(value: float | None, reference: float | None) -> str | None:
     """``"better"`` if a gap is smaller than FP32's, ``"worse"`` if larger, else ``None``."""
     if value is None or reference is None or value == reference:
@@ -434,7 +441,7 @@ def _corruption_context(records: Sequence[Mapping[str, Any]], accuracy: bool) ->
     for (dataset, model), members in _grouped(records, "dataset", "model").items():
         rows = [
             {
-                "corruption": CORRUPTION_LABELS.get(corruption, corruption),
+                "corruption": corruption_label(corruption),
                 "first": k == 0,
                 "precision": precision,
                 "cells": [_gap_cell(cells, s, precision) for s in severities],
