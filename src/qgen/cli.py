@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from qgen import __version__
 from qgen.errors import QgenError
-from qgen.vocab import SUMMARIES, TABLE_NAMES
+from qgen.vocab import REPORTED, SUMMARIES, TABLE_NAMES
 
 if TYPE_CHECKING:
     from qgen.experiments import RunSpec
@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         nargs="*",
         default=[],
-        help="our summaries as NAME=CSV (table1..table5, figure1, figure2)",
+        help=f"our summaries as NAME=CSV ({', '.join(REPORTED)})",
     )
     p.add_argument(
         "--configs", nargs="*", default=[], help="NAME=JSON: the config slice each summary must summarise"
