@@ -292,3 +292,11 @@ def test_the_regularizer_trend_reads_the_quantized_precisions_only() -> None:
     assert verdict.evidence.startswith("E R: Int8 ") and "FP32" not in verdict.evidence
     noisy = values("regularizer", "r_expected", {"int8": 1e-4, "int4": 1e-3, "int2": 1e-2}, u=1e-2)
     assert claims.evaluate(claim, {"regularizer": noisy})["D M"].status == INCONCLUSIVE
+
+
+def test_a_correlation_claim_reads_only_its_statistic() -> None:
+    """Psi has no standard error; an undecided tau beside it is not blamed on Psi's missing one."""
+    claim = CLAIMS["magnitude_aware_predict_gap"]
+    cells = one_worse("tau all", 0.08) + population("Psi all", dict.fromkeys(MAGNITUDE_AWARE, -0.9), u=None)
+    verdict = claims.evaluate(claim, {"correlation": cells})["population"]
+    assert verdict.status == INCONCLUSIVE and "without an uncertainty" not in verdict.evidence

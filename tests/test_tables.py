@@ -416,6 +416,7 @@ def correlation_rows(axes: int, precisions: int, value: float) -> list[dict]:
     names = ["depth", "width", "optimizer", "lr_level", "weight_decay", "precision"][:axes]
     within = [f"precision={p}" for p in list(PRECISIONS)[:precisions]]
     stat = {"n": 243, "value": value, "std_error": 0.05, "ci_low": value - 0.1, "ci_high": value + 0.1}
+    stat |= {"groups": 9}
     rows = []
     for measure, label in POPULATION_MEASURES.items():
         key = {"measure": measure, "label": label}
@@ -429,6 +430,8 @@ def correlation_rows(axes: int, precisions: int, value: float) -> list[dict]:
 def test_correlation_table_has_a_row_per_measure_and_a_column_per_axis_and_precision() -> None:
     records = correlation_rows(axes=5, precisions=4, value=0.25)
     records[1] = records[1] | {"value": None}  # psi of the first axis undefined for the first measure
+    unvaried = {"statistic": "psi", "group": "seed", "value": None, "groups": 0}
+    records += [r | unvaried for r in records if r["statistic"] == "psi" and r["group"] == "depth"]
     context = tables.correlation_context(records)
     assert [r["label"] for r in context["rows"]] == list(POPULATION_MEASURES.values())
     assert context["axes"] == ["depth", "width", "optimizer", "lr level", "weight decay"]

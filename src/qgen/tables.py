@@ -553,7 +553,8 @@ def correlation_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     tau within each precision; psi per axis (the :func:`qgen.population.correlation_records` rows)."""
     cells = {(r["measure"], r["statistic"], r["group"]): r for r in records}
     measures = list(dict.fromkeys(r["measure"] for r in records))
-    axes = list(dict.fromkeys(r["group"] for r in records if r["statistic"] == "psi"))
+    # An axis the sweep does not vary (one value: no group of two models) has no psi and no column.
+    axes = list(dict.fromkeys(r["group"] for r in records if r["statistic"] == "psi" and r["groups"]))
     within = list(dict.fromkeys(r["group"] for r in records if r["group"].startswith("precision=")))
     rows = [
         {

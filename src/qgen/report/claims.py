@@ -413,8 +413,9 @@ def _plain(m: Measure) -> str:
 
 @dataclass(frozen=True)
 class Claim:
-    """A qualitative statement of the paper, where it is made, the quantities it reads of its source, and
-    the check that decides it (given only the values of those quantities)."""
+    """A qualitative statement of the paper, where it is made, the quantities it reads of its source (and,
+    with ``cells``, only those of their cells whose detail is listed), and the check that decides it
+    (given only those values)."""
 
     name: str
     source: str
@@ -422,6 +423,7 @@ class Claim:
     statement: str
     reads: tuple[str, ...]
     check: Check
+    cells: tuple[str, ...] | None = None
 
 
 TO_FULL = tuple((q, FULL) for q in QUANTIZED)
@@ -551,6 +553,7 @@ CLAIMS: tuple[Claim, ...] = (
         "Magnitude-aware flatness measures rank models by their generalization gap (Kendall's tau > 0).",
         tuple(m.name for m in MEASURES if m.magnitude_aware),
         _population_check("tau all", [(None, m.name) for m in MEASURES if m.magnitude_aware], "tau"),
+        cells=("tau all",),
     ),
     Claim(
         "magnitude_aware_better_indicators",
@@ -560,6 +563,7 @@ CLAIMS: tuple[Claim, ...] = (
         "(a larger tau).",
         tuple(m.name for m in MEASURES),
         _population_check("tau all", [(_plain(m), m.name) for m in MEASURES if m.magnitude_aware], "tau"),
+        cells=("tau all",),
     ),
     Claim(
         "flatness_explains_precision",
@@ -571,6 +575,7 @@ CLAIMS: tuple[Claim, ...] = (
         _population_check(
             "psi precision", [(None, m.name) for m in MEASURES if m.magnitude_aware], "psi (precision)"
         ),
+        cells=("psi precision",),
     ),
 )
 
@@ -586,7 +591,9 @@ def evaluate(
     found = results.get(claim.source)
     if found is None:
         return {"": Verdict(NOT_RUN, f"no {claim.source} results (not configured or not built)")}
-    values = [v for v in found if v.quantity in claim.reads]
+    values = [
+        v for v in found if v.quantity in claim.reads and (claim.cells is None or v.detail in claim.cells)
+    ]
     verdicts = claim.check(values, k)
     if not verdicts:
         return {"": Verdict(NOT_RUN, f"{claim.source} holds no values this claim reads")}
