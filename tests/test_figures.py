@@ -247,6 +247,11 @@ def test_figure3_has_a_panel_per_measure_with_values_titled_with_its_tau(tmp_pat
     assert titles[1] == "||W - W0||\n$\\tau$ = -1.00 (12 models)"
     assert titles[2] == f"R (eq. 7)\n$\\tau$ = {-expected:.2f} (12 models)"
     assert [ax.get_xscale() for ax in shown] == ["linear", "linear", "log"]
+    with_zero = [
+        r | {"regularizer": 0.0 if r["axis.precision"] == "fp32" else r["regularizer"]} for r in records
+    ]
+    fig = figures.plot_population(with_zero, [tmp_path / "f3.png"])
+    assert [ax.get_xscale() for ax in fig.axes if ax.get_visible()][2] == "symlog"
     assert all(len(c.get_offsets()) == 12 for ax in shown for c in ax.collections)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import seaborn as sns
 from matplotlib import cm
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from qgen import files, quant
 from qgen.correlation import kendall_tau
@@ -252,14 +253,31 @@ def _finite(value: Any) -> bool:
     return value is not None and np.isfinite(float(value))
 
 
-def _log_scaled(values: np.ndarray) -> bool:
-    """Plot on a log axis when every value is positive and they span more than a decade."""
-    return bool(values.size) and values.min() > 0 and values.max() > 10 * values.min()
+def _set_scale(ax: Any, values: np.ndarray) -> None:
+    """A log x-axis where the values are non-negative and their positive ones span more than a decade
+    (symmetric-log, linear below the smallest positive value, where some are 0, e.g. R of FP32 models);
+    ticks at up to five decades."""
+    positive = values[values > 0]
+    if values.min() < 0 or positive.size < 2 or positive.max() <= 10 * positive.min():
+        return
+    low, high = float(positive.min()), float(positive.max())
+    first, last = math.ceil(math.log10(low)), math.floor(math.log10(high))
+    step = max(1, math.ceil((last - first + 1) / 5))  # at most five labelled decades
+    decades = [10.0**e for e in range(first, last + 1, step)]
+    if positive.size < values.size:
+        ax.set_xscale("symlog", linthresh=low)
+        ax.set_xlim(left=0)
+        decades = [0.0, *decades]
+    else:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(decades))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def plot_population(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path]) -> Figure:
     """Figure 3: for every measure a scatter of the generalization gap against it, one point per model of
-    the population (:func:`qgen.population.figure3_records`), coloured by precision and marked by dataset;
+    the population (:func:`qgen.population.figure3_records`), coloured by precision and, where there are
+    several, marked by dataset;
     each panel's title gives Kendall's tau over its models (:func:`qgen.correlation.kendall_tau`, the
     ``tau`` of the correlation table). The figure written to ``outputs`` is returned.
     """
@@ -284,14 +302,13 @@ def plot_population(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path
                 y="gap",
                 hue="Precision",
                 hue_order=order,
-                style="Dataset",
+                style="Dataset" if frame["Dataset"].nunique() > 1 else None,
                 palette=PALETTE,
                 s=18,
                 legend="auto" if ax is axes[0] else False,
                 ax=ax,
             )
-            if _log_scaled(shown[measure].to_numpy(dtype=float)):
-                ax.set_xscale("log")
+            _set_scale(ax, shown[measure].to_numpy(dtype=float))
             value = "undefined" if tau.tau_b is None else f"{tau.tau_b:.2f}"
             ax.set_title(f"{POPULATION_MEASURES[measure]}\n$\\tau$ = {value} ({tau.n} models)", fontsize=8)
             ax.set_xlabel("")
