@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from pypdf import PdfReader
 
 from qgen import figures, files, quant, summary
-from qgen.errors import ProvenanceError
+from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import RunSpec, digest_of, summary_config, summary_rows
 from qgen.landscape import Surface
 from qgen.runs import build_model
+from qgen.vocab import POPULATION_MEASURES
 
 from helpers import tiny_spec
 
@@ -207,3 +209,55 @@ def test_figure2_on_the_whole_training_set_says_so() -> None:
     whole = dataclasses.replace(surface, subset=np.arange(400))
     assert figures.evaluation_set(whole) == "all 400 training images"
     assert figures.evaluation_set(surface) == "10 of the 400 training images (a fixed subset)"
+
+
+def population_records() -> list[dict]:
+    """Figure 3 rows of 12 models over two datasets and two precisions: ``norm.w`` ranks them as their gaps
+    (tau 1), ``norm.w_minus_w0`` against them (tau -1), R is positive over decades, the Hessian is off."""
+    rows = []
+    for k in range(12):
+        gap = 0.01 * k + (0.003 if k % 2 else 0.0)
+        rows.append(
+            {
+                "run_id": f"e/{'fp32' if k % 2 else 'int4'}/p{k}",
+                "dataset": "Digits" if k < 6 else "CIFAR-10",
+                "axis.precision": "fp32" if k % 2 else "int4",
+                "gap": gap,
+                **dict.fromkeys(POPULATION_MEASURES),
+                "norm.w": 3 * gap + 1,
+                "norm.w_minus_w0": -gap,
+                "regularizer": 10.0 ** (-k),
+            }
+        )
+    return rows
+
+
+def test_figure3_has_a_panel_per_measure_with_values_titled_with_its_tau(tmp_path: Path) -> None:
+    records = population_records()
+    assert figures.plotted_measures(records) == ["norm.w", "norm.w_minus_w0", "regularizer"]
+    outputs = [tmp_path / "f3.pdf", tmp_path / "f3.png"]
+    fig = figures.plot_population(records, outputs)
+    assert_valid_figure(*outputs, min_width=1000)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 3
+    gaps = [r["gap"] for r in records]
+    expected = scipy.stats.kendalltau([-r["regularizer"] for r in records], gaps).statistic
+    titles = [ax.get_title() for ax in shown]
+    assert titles[0] == "||W||\n$\\tau$ = 1.00 (12 models)"
+    assert titles[1] == "||W - W0||\n$\\tau$ = -1.00 (12 models)"
+    assert titles[2] == f"R (eq. 7)\n$\\tau$ = {-expected:.2f} (12 models)"
+    assert [ax.get_xscale() for ax in shown] == ["linear", "linear", "log"]
+    with_zero = [
+        r | {"regularizer": 0.0 if r["axis.precision"] == "fp32" else r["regularizer"]} for r in records
+    ]
+    fig = figures.plot_population(with_zero, [tmp_path / "f3.png"])
+    assert [ax.get_xscale() for ax in fig.axes if ax.get_visible()][2] == "symlog"
+    assert all(len(c.get_offsets()) == 12 for ax in shown for c in ax.collections)
+
+
+def test_figure3_without_any_measure_is_an_error(tmp_path: Path) -> None:
+    records = [
+        r | {"norm.w": None, "norm.w_minus_w0": None, "regularizer": None} for r in population_records()
+    ]
+    with pytest.raises(QgenError, match="Figure 3 needs a measure"):
+        figures.plot_population(records, [tmp_path / "f3.png"])

@@ -8,7 +8,7 @@ from qgen.corruptions import CORRUPTIONS
 from qgen.report import claims
 from qgen.report.claims import FAIL, INCONCLUSIVE, NOT_RUN, PASS, Verdict
 from qgen.report.values import Value, corruption_detail
-from qgen.vocab import PRECISIONS
+from qgen.vocab import MEASURES, PRECISIONS
 
 
 def values(
@@ -60,6 +60,24 @@ def mags(lowest: str) -> list[Value]:
     ]
 
 
+def population(statistic: str, by_measure: dict[str, float], u: float | None = 0.05) -> list[Value]:
+    """Values of the correlation table: one statistic (e.g. ``"tau all"``) per measure."""
+    return [Value("correlation", "population", "", "", m, statistic, v, u) for m, v in by_measure.items()]
+
+
+MAGNITUDE_AWARE = [m.name for m in MEASURES if m.magnitude_aware]
+PLAIN = [m.name for m in MEASURES if not m.magnitude_aware]
+
+
+def taus(mag: float, plain: float) -> list[Value]:
+    return population("tau all", dict.fromkeys(MAGNITUDE_AWARE, mag) | dict.fromkeys(PLAIN, plain))
+
+
+def one_worse(statistic: str, value: float) -> list[Value]:
+    """Every magnitude-aware measure at 0.4, the last at ``value``."""
+    return population(statistic, dict.fromkeys(MAGNITUDE_AWARE, 0.4) | {MAGNITUDE_AWARE[-1]: value})
+
+
 CASES = {
     "gap_shrinks": (
         values("table1", "gap", {"fp32": 0.3, "int8": 0.3, "int4": 0.28, "int2": 0.22}),
@@ -97,6 +115,17 @@ CASES = {
         values("figure2", "mean_rise", {"fp32": 3.0, "int8": 1.0, "int4": 2.0, "int2": 3.5}),
         values("figure2", "mean_rise", {"fp32": 3.0, "int8": 1.0, "int4": 2.0, "int2": 1.5}),
     ),
+    "regularizer_grows": (
+        values("regularizer", "r_expected", {"int8": 1e-4, "int4": 1e-3, "int2": 1e-2}, u=1e-5),
+        values("regularizer", "r_expected", {"int8": 1e-2, "int4": 1e-3, "int2": 1e-4}, u=1e-5),
+    ),
+    "first_order_close": (
+        values("regularizer", "taylor_output_error", {"int8": 0.01, "int4": 0.05, "int2": 0.1}),
+        values("regularizer", "taylor_output_error", {"int8": 0.01, "int4": 0.05, "int2": 0.3}),
+    ),
+    "magnitude_aware_predict_gap": (one_worse("tau all", 0.3), one_worse("tau all", -0.3)),
+    "magnitude_aware_better_indicators": (taus(0.5, 0.1), taus(0.1, 0.5)),
+    "flatness_explains_precision": (one_worse("psi precision", 0.3), one_worse("psi precision", -0.3)),
 }
 CLAIMS = {claim.name: claim for claim in claims.CLAIMS}
 
@@ -110,7 +139,8 @@ def test_claim_passes_fails_and_is_not_run_without_its_results(name: str) -> Non
     claim = CLAIMS[name]
     good, bad = CASES[name]
     assert {v.status for v in claims.evaluate(claim, {claim.source: good}).values()} == {PASS}
-    assert claims.evaluate(claim, {claim.source: bad})["D M"].status == FAIL
+    scope = "population" if claim.source == "correlation" else "D M"
+    assert claims.evaluate(claim, {claim.source: bad})[scope].status == FAIL
     missing = claims.evaluate(claim, {claim.source: None})
     assert [v.status for v in missing.values()] == [NOT_RUN]
     assert [v.status for v in claims.evaluate(claim, {}).values()] == [NOT_RUN]
@@ -236,3 +266,37 @@ def test_magnitude_aware_lowest_quantized_with_uncertainty() -> None:
     assert verdict(1.5, 0.1) == PASS  # Int4 below FP32 by 0.5 against 2 x 0.14
     assert verdict(1.9, 0.1) == INCONCLUSIVE
     assert verdict(2.5, 0.01) == FAIL  # FP32 below every quantized value beyond the noise
+
+
+def test_a_tau_whose_interval_covers_zero_is_inconclusive_and_an_undefined_one_not_run() -> None:
+    claim = CLAIMS["magnitude_aware_predict_gap"]
+    verdict = claims.evaluate(claim, {"correlation": one_worse("tau all", 0.08)})["population"]
+    assert verdict.status == INCONCLUSIVE and "Sharpness Mag-Orig 0.08 ± 0.05" in verdict.evidence
+    undefined = [v for v in one_worse("tau all", 0.4) if v.quantity != MAGNITUDE_AWARE[0]]
+    verdict = claims.evaluate(claim, {"correlation": undefined})["population"]
+    assert verdict == Verdict(NOT_RUN, "tau all undefined for PAC-Bayesian Mag-Init")
+
+
+def test_better_indicators_compares_each_magnitude_aware_measure_with_its_plain_twin() -> None:
+    claim = CLAIMS["magnitude_aware_better_indicators"]
+    cells = taus(0.5, 0.1)
+    verdict = claims.evaluate(claim, {"correlation": cells})["population"]
+    assert "PAC-Bayesian Mag-Init 0.50 ± 0.05 vs PAC-Bayesian Init 0.10 ± 0.05" in verdict.evidence
+    assert verdict.evidence.count(" vs ") == len(MAGNITUDE_AWARE)
+
+
+def test_the_regularizer_trend_reads_the_quantized_precisions_only() -> None:
+    claim = CLAIMS["regularizer_grows"]
+    rising = values("regularizer", "r_expected", {"int8": 1e-4, "int4": 1e-3, "int2": 1e-2}, u=1e-5)
+    verdict = claims.evaluate(claim, {"regularizer": rising})["D M"]
+    assert verdict.evidence.startswith("E R: Int8 ") and "FP32" not in verdict.evidence
+    noisy = values("regularizer", "r_expected", {"int8": 1e-4, "int4": 1e-3, "int2": 1e-2}, u=1e-2)
+    assert claims.evaluate(claim, {"regularizer": noisy})["D M"].status == INCONCLUSIVE
+
+
+def test_a_correlation_claim_reads_only_its_statistic() -> None:
+    """Psi has no standard error; an undecided tau beside it is not blamed on Psi's missing one."""
+    claim = CLAIMS["magnitude_aware_predict_gap"]
+    cells = one_worse("tau all", 0.08) + population("Psi all", dict.fromkeys(MAGNITUDE_AWARE, -0.9), u=None)
+    verdict = claims.evaluate(claim, {"correlation": cells})["population"]
+    assert verdict.status == INCONCLUSIVE and "without an uncertainty" not in verdict.evidence

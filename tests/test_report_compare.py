@@ -11,7 +11,7 @@ from qgen import files
 from qgen.report.claims import CLAIMS, INCONCLUSIVE, Verdict, evaluate
 from qgen.report.compare import compare
 from qgen.report.paper import read_paper_table
-from qgen.report.values import values_of
+from qgen.report.values import diverged, values_of
 from qgen.tables import TABLE1_COLUMNS
 from qgen.vocab import MEASURES
 
@@ -80,3 +80,32 @@ def test_our_values_carry_the_uncertainty_of_their_source() -> None:
     assert got[MEASURES[1].name] == pytest.approx(0.4 / (2 * math.sqrt(3)))  # uniform over [1.9, 2.3]
     table2 = {"dataset": "D", "model": "M", "precision": "int4", "status": "ok", "weight_norm": 3.0}
     assert [v.uncertainty for v in values_of("table2", [table2])] == [None]
+
+
+def test_regularizer_and_correlation_rows_become_values_with_their_uncertainty() -> None:
+    base = {"dataset": "Digits", "model": "NiN", "status": "ok", "bits": 4, "loss_change": 0.1}
+    numbers = {"r_realized": 0.02, "r_expected": 0.03, "r_expected_se": 0.001, "taylor_output_error": 0.2}
+    rows = [
+        base | numbers | {"precision": "int4", "at_initial_step": False},
+        base | numbers | {"precision": "fp32", "at_initial_step": True},  # a counterfactual, not a model
+        base
+        | {"precision": "fp32", "at_initial_step": False, "r_realized": 0.0, "r_expected": None}
+        | {"r_expected_se": None, "taylor_output_error": None},
+    ]
+    got = {(v.precision, v.quantity): (v.value, v.uncertainty) for v in values_of("regularizer", rows)}
+    assert got == {
+        ("int4", "r_realized"): (0.02, None),
+        ("int4", "r_expected"): (0.03, 0.001),
+        ("int4", "taylor_output_error"): (0.2, 0.0),
+        ("fp32", "r_realized"): (0.0, None),
+    }
+    tau = {"measure": "norm.w", "label": "||W||", "statistic": "tau", "group": "precision=int4", "value": 0.3}
+    (value,) = values_of("correlation", [tau | {"std_error": 0.1}])
+    assert (value.dataset, value.model, value.quantity, value.detail) == (
+        "population",
+        "",
+        "norm.w",
+        "tau precision=int4",
+    )
+    assert (value.value, value.uncertainty) == (0.3, 0.1)
+    assert diverged("correlation", [tau]) == []

@@ -13,7 +13,7 @@ from qgen import files, tables
 from qgen.corruptions import CORRUPTIONS, SEVERITIES
 from qgen.errors import QgenError
 from qgen.experiments import expand_runs
-from qgen.vocab import MEASURES, PRECISIONS, Measure
+from qgen.vocab import MEASURES, POPULATION_MEASURES, PRECISIONS, Measure
 
 from helpers import compile_latex, requires_pdflatex, tiny_spec
 
@@ -342,6 +342,110 @@ def test_table6_lists_gap_and_accuracy_per_precision(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Every table fits its stated page, with the widest labels and numbers it can meet.
 
+
+def fake_regularizer(precision: str, value: float) -> dict:
+    """A measures.json record with a regularizer block: R = value, E R = 2 value (s.e. value / 10), output
+    error value / 100; an FP32 record has R = 0 and, at b bits, E R = value * 2^(8 - b)."""
+
+    def result(r: float) -> dict:
+        taylor = {
+            "output_relative_error": r / 100,
+            "loss_change": -r,
+            "loss_first_order": -2 * r,
+            "loss_second_order": -1.5 * r,
+        }
+        return {"value": r, "expected": {"value": 2 * r, "std_error": r / 10}, "taylor": taylor}
+
+    spec = tiny_spec(precision=precision)
+    if precision == "fp32":
+        block = {
+            "realized": {"value": 0.0},
+            "initial_step": {str(b): result(value * 2 ** (8 - b)) for b in (8, 4, 2)},
+        }
+    else:
+        block = {"realized": result(value)}
+    return {"spec": json.loads(spec.to_json()), "status": "ok", "regularizer": block}
+
+
+def test_regularizer_summary_gives_each_model_and_fp32_at_each_bit_width() -> None:
+    results = [fake_regularizer("fp32", 1e-4), fake_regularizer("int4", 3e-3), fake_regularizer("int2", 0.5)]
+    rows = tables.summarize_regularizer(results, MEASURE_ROWS)
+    got = {(r["precision"], r["bits"], r["at_initial_step"]): r for r in rows}
+    assert list(got) == [
+        ("fp32", None, False),
+        ("fp32", 8, True),
+        ("fp32", 4, True),
+        ("fp32", 2, True),
+        ("int4", 4, False),
+        ("int2", 2, False),
+    ]
+    assert (
+        got[("fp32", None, False)]["r_realized"] == 0.0 and got[("fp32", None, False)]["r_expected"] is None
+    )
+    assert got[("fp32", 2, True)]["r_expected"] == pytest.approx(2 * 1e-4 * 64)
+    int2 = got[("int2", 2, False)]
+    assert (int2["r_realized"], int2["r_expected"], int2["r_expected_se"]) == (0.5, 1.0, 0.05)
+    assert (int2["taylor_output_error"], int2["loss_change"], int2["loss_second_order"]) == (
+        0.005,
+        -0.5,
+        -0.75,
+    )
+
+
+def test_regularizer_table_prints_values_over_decades_in_scientific_notation(tmp_path: Path) -> None:
+    assert tables.fmt_sci(1.2345e-5) == r"$1.23\cdot 10^{-5}$"
+    assert tables.fmt_sci(-0.5, 1) == r"$-5.0\cdot 10^{-1}$"
+    assert (tables.fmt_sci(0.0), tables.fmt_sci(None)) == ("0", tables.MISSING)
+    results = [fake_regularizer("fp32", 1e-4), fake_regularizer("int2", 0.5)]
+    tex = rendered(tmp_path, "regularizer", results, MEASURE_ROWS)
+    line = next(x for x in tex.splitlines() if x.startswith("Int2 &"))
+    assert cells_of(line)[:3] == [
+        "Int2",
+        r"$5.00\cdot 10^{-1}$",
+        r"$1.00\cdot 10^{0}$\,{\scriptsize$\pm$\,$5.0\cdot 10^{-2}$}",
+    ]
+    assert next(x for x in tex.splitlines() if x.startswith("FP32 at 2 bits &"))
+    fp32 = next(x for x in tex.splitlines() if x.startswith("FP32 &"))
+    assert cells_of(fp32)[1:3] == ["0", "--"]
+    assert "FP32 rows at $b$ bits" in caption_of(tex)
+
+
+def correlation_rows(axes: int, precisions: int, value: float) -> list[dict]:
+    """Rows of the correlation summary (qgen.population.correlation_records' columns) for every population
+    measure, with ``axes`` psi axes and ``precisions`` within-precision taus, every statistic ``value``."""
+    names = ["depth", "width", "optimizer", "lr_level", "weight_decay", "precision"][:axes]
+    within = [f"precision={p}" for p in list(PRECISIONS)[:precisions]]
+    stat = {"n": 243, "value": value, "std_error": 0.05, "ci_low": value - 0.1, "ci_high": value + 0.1}
+    stat |= {"groups": 9}
+    rows = []
+    for measure, label in POPULATION_MEASURES.items():
+        key = {"measure": measure, "label": label}
+        rows.append(key | stat | {"statistic": "tau", "group": "all"})
+        rows += [key | stat | {"statistic": "psi", "group": a} for a in names]
+        rows.append(key | stat | {"statistic": "Psi", "group": "all", "ci_low": None, "ci_high": None})
+        rows += [key | stat | {"statistic": "tau", "group": g} for g in within]
+    return rows
+
+
+def test_correlation_table_has_a_row_per_measure_and_a_column_per_axis_and_precision() -> None:
+    records = correlation_rows(axes=5, precisions=4, value=0.25)
+    records[1] = records[1] | {"value": None}  # psi of the first axis undefined for the first measure
+    unvaried = {"statistic": "psi", "group": "seed", "value": None, "groups": 0}
+    records += [r | unvaried for r in records if r["statistic"] == "psi" and r["group"] == "depth"]
+    context = tables.correlation_context(records)
+    assert [r["label"] for r in context["rows"]] == list(POPULATION_MEASURES.values())
+    assert context["axes"] == ["depth", "width", "optimizer", "lr level", "weight decay"]
+    assert context["within"] == ["FP32", "Int8", "Int4", "Int2"]
+    assert (context["within_span"].first, context["within_span"].last) == (4, 7)
+    assert (context["psi_span"].first, context["psi_span"].last) == (2, 6)
+    assert context["models"] == 243 and context["missing"]
+    tex = tables.render(TEMPLATES / "correlation.tex.j2", context)
+    label = tables.latex_escape(context["rows"][0]["label"])
+    top, bottom = [cells_of(x) for x in tex.splitlines() if x.startswith(label + " &")]
+    assert len(top) == 1 + 2 + 4 and top[1].startswith("0.25 {\\tiny[0.15, 0.35]}")
+    assert bottom == [label, tables.MISSING, "0.25", "0.25", "0.25", "0.25"]
+
+
 WIDE_MODELS = (("ImageNet-1K", "MobileNet-V2"), ("CIFAR-100", "NiN (12x12)"))
 
 
@@ -362,6 +466,17 @@ def wide_records(name: str) -> list[dict]:
         return [r | wide for r in base]
     if name == "table2":
         return [r | {"weight_norm": 1238.117} for r in base]
+    if name == "regularizer":
+        # R is a mean of squares (never negative); a loss change can be
+        wide = {"r_realized": 1.234e-15, "r_expected": 1.234e-15, "r_expected_se": 9.9e-15}
+        wide |= {"taylor_output_error": 0.999, "loss_change": -1.234e-15, "loss_first_order": -1.234e-15}
+        initial = [r | {"bits": 8, "at_initial_step": True} for r in base if r["precision"] == "fp32"]
+        return [
+            r | {"bits": None, "at_initial_step": False, "loss_second_order": -1.234e-15} | wide
+            for r in base + initial
+        ]
+    if name == "correlation":
+        return correlation_rows(axes=6, precisions=4, value=-0.99)
     if name == "table3":
         return [
             r
@@ -380,9 +495,9 @@ def wide_records(name: str) -> list[dict]:
 
 
 @requires_pdflatex
-@pytest.mark.parametrize("name", sorted(tables.TABLES))
+@pytest.mark.parametrize("name", sorted(tables.CONTEXTS))
 def test_every_table_fits_its_stated_page(tmp_path: Path, name: str) -> None:
-    tex = tables.render(TEMPLATES / f"{name}.tex.j2", tables.table(name).context(wide_records(name)))
+    tex = tables.render(TEMPLATES / f"{name}.tex.j2", tables.context(name)(wide_records(name)))
     needs = re.search(r"% Needs \\usepackage\{([^}]*)\}", tex).group(1).split(",")
     compile_latex(tex, tmp_path, packages=tuple(p for p in needs if p != "booktabs"))
     log = (tmp_path / "doc.log").read_text()

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from qgen import files, tables
+from qgen.experiments import summary_config, summary_rows
 
 from helpers import compile_latex, requires_pdflatex
 
@@ -33,6 +34,10 @@ def planned_jobs(output: str) -> dict[str, int]:
     """Rule -> job count from the 'Job stats' table of a dry run."""
     stats = output.split("Job stats:", 1)[1]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE) if m[1] != "total"}
+
+
+def summary_runs(sliced: dict) -> list:
+    return [run for row in summary_rows(sliced) for run in row.runs]
 
 
 def expected_train_jobs(config: dict) -> int:
@@ -68,10 +73,16 @@ def test_dry_run_of_the_paper_config_plans_every_training_job() -> None:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert jobs["train"] + jobs["train_distributed"] == expected_train_jobs(config) == 1944 + 11 * 4
     assert jobs["train_distributed"] == 5 * 4  # the ImageNet runs
-    assert jobs["download"] == 3 and jobs["render_table"] == 6
+    assert jobs["download"] == 3 and jobs["render_table"] == 6 + 2  # and the regularizer, correlation
     assert jobs["download_corruptions"] == 2  # CIFAR-100-C and ImageNet-C
     assert jobs["evaluate_corruptions"] == 6 * 4  # Tables 4 and 6 share their ImageNet runs
-    assert jobs["measure"] == len(config["tables"]["table3"]) * 4 == 44
+    # Measured: Table 3's (and the regularizer table's) 44 runs and the correlation's sample of 64 grid
+    # points of each NiN sweep at every precision, a run in both measured once.
+    table3 = {run.run_id for run in summary_runs(summary_config(config, "table3"))}
+    population = {run.run_id for run in summary_runs(summary_config(config, "correlation"))}
+    assert len(table3) == 44 and len(population) == 64 * 4 * 2
+    assert {r.split("/")[1] for r in population} == set(config["precisions"])
+    assert jobs["measure"] == len(table3 | population) and jobs["figure"] == 2  # Figures 1 and 3
 
 
 def test_dry_run_of_the_demo_profile_plans_the_readme_outputs() -> None:
@@ -81,9 +92,9 @@ def test_dry_run_of_the_demo_profile_plans_the_readme_outputs() -> None:
     jobs = planned_jobs(proc.stdout + proc.stderr)
     demo = yaml.safe_load((ROOT / "profiles" / "demo" / "experiments.yaml").read_text())
     assert jobs["train"] == expected_train_jobs(demo)
-    assert jobs["render_table"] == 4  # Tables 1, 2, 3 and 5
-    assert jobs["summarize"] == 4 + 2  # and Figures 1 and 2
-    assert jobs["figure1"] == jobs["figure2"] == jobs["report"] == 1 and jobs["landscape"] == 4
+    assert jobs["render_table"] == 4 + 2  # Tables 1, 2, 3 and 5, the regularizer and the correlation
+    assert jobs["summarize"] == 6 + 3  # and Figures 1, 2 and 3
+    assert jobs["figure"] == 2 and jobs["figure2"] == jobs["report"] == 1 and jobs["landscape"] == 4
 
 
 def test_table2_target_plans_only_its_own_runs() -> None:
@@ -295,8 +306,9 @@ def test_figures_and_report_targets_plan_their_runs() -> None:
     proc = snakemake(*targets, "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout + proc.stderr)
-    assert jobs["landscape"] == 4 and jobs["figure2"] == jobs["figure1"] == jobs["report"] == 1
-    assert jobs["summarize"] == 5 + 2  # Tables 1-5 (those the report checks claims of), Figures 1-2
+    assert jobs["landscape"] == 4 and jobs["figure2"] == jobs["figure"] == jobs["report"] == 1
+    # The summaries the report reads: Tables 1-5, Figures 1-2, the regularizer and correlation tables
+    assert jobs["summarize"] == 5 + 2 + 2
 
 
 def test_the_snakemake_report_lists_every_table_figure_and_the_reproduction_report(mini_run: Path) -> None:
@@ -359,7 +371,9 @@ def test_a_copied_results_dir_trains_a_new_experiment_of_a_table(mini_run: Path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("rule train:") == 4 and "rule summarize:" in proc.stderr
     table1 = (workdir / "paper_tables" / "table1.tex").read_text()
-    assert "NiN-b & FP32 & 1 & 0" in table1 and "NiN & FP32 & 1 & 0" in table1
+    groups = table1.split("\\multicolumn{7}{@{}l}{\\textit{Digits}, ")[1:]
+    assert [g.split("}", 1)[0] for g in groups] == ["NiN", "NiN-b"]
+    assert all(re.search(r"^FP32 & 1 & ", g, re.MULTILINE) for g in groups)
 
 
 def test_a_copied_results_dir_refuses_runs_of_a_changed_spec(mini_run: Path, tmp_path: Path) -> None:

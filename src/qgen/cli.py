@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from qgen import __version__
 from qgen.errors import QgenError
+from qgen.vocab import REPORTED, SUMMARIES, TABLE_NAMES
 
 if TYPE_CHECKING:
     from qgen.experiments import RunSpec
@@ -116,7 +117,7 @@ def _render(args: argparse.Namespace) -> None:
 
     records = summary.read_summary(args.csv, args.config, args.table)
     try:
-        context = tables.table(args.table).context(records)
+        context = tables.context(args.table)(records)
     except KeyError as exc:
         raise QgenError(
             f"{args.csv}: missing column {exc.args[0]!r} (written by an older qgen?); rebuild it with "
@@ -144,6 +145,14 @@ def _figure1(args: argparse.Namespace) -> None:
 
     records = summary.read_summary(args.csv, args.config, "figure1")
     figures.plot_step_sizes(records, args.out)
+    files.write_csv(args.data, records)
+
+
+def _figure3(args: argparse.Namespace) -> None:
+    from qgen import figures, files, summary
+
+    records = summary.read_summary(args.csv, args.config, "figure3")
+    figures.plot_population(records, args.out)
     files.write_csv(args.data, records)
 
 
@@ -391,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_measure)
 
     p = sub.add_parser("summarize", help="summarise a table's or figure's verified run results into a CSV")
-    p.add_argument("name", help="table1..table6, figure1, figure2")
+    p.add_argument("name", help=", ".join(SUMMARIES))
     _add_summary_config(p)
     p.add_argument("--runs-root", type=Path, default=Path("results/runs"), help="default: results/runs")
     p.add_argument(
@@ -401,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_summarize)
 
     p = sub.add_parser("render", help="render a table's summary CSV to LaTeX")
-    p.add_argument("table", help="table name, e.g. table1")
+    p.add_argument("table", help=", ".join(TABLE_NAMES))
     p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize`")
     _add_summary_config(p)
     p.add_argument("--template", type=Path, required=True, help="jinja2 LaTeX template")
@@ -434,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
     p.set_defaults(func=_figure2)
 
+    p = sub.add_parser("figure3", help="draw Figure 3 (each measure against the gap) from its summary CSV")
+    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure3`")
+    _add_summary_config(p)
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
+    p.set_defaults(func=_figure3)
+
     p = sub.add_parser("report", help="the reproduction report: paper vs reproduced cells, claim checks")
     p.add_argument("--paper", type=Path, nargs="+", required=True, help="transcribed paper tables (CSV)")
     p.add_argument("--notes", type=Path, required=True, help="the paper's known inconsistencies (YAML)")
@@ -441,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         nargs="*",
         default=[],
-        help="our summaries as NAME=CSV (table1..table5, figure1, figure2)",
+        help=f"our summaries as NAME=CSV ({', '.join(REPORTED)})",
     )
     p.add_argument(
         "--configs", nargs="*", default=[], help="NAME=JSON: the config slice each summary must summarise"

@@ -76,5 +76,5 @@ def check_config(config: Mapping[str, Any], schema_path: Path | str, sources: Se
             except QgenError as error:
                 problems.append(f"{'.'.join(SUMMARIES[name].rows)}: {error}")
     if problems:
-        shown = "\n  ".join(problems)
+        shown = "\n  ".join(dict.fromkeys(problems))  # Figure 3 and the correlation share a section
         raise QgenError(f"{where} is invalid:\n  {shown}")

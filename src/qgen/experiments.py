@@ -323,9 +323,7 @@ def summary_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     rows = []
     for row in summary_rows_config(config, name):
         if row["experiment"] not in experiments:
-            raise QgenError(
-                f"{name}: row experiment {row['experiment']!r} is not in the config's experiments"
-            )
+            raise QgenError(f"experiment {row['experiment']!r} is not in the config's experiments")
         label = row.get("label", experiments[row["experiment"]]["label"])
         rows.append({"experiment": row["experiment"], "model": label, "where": dict(row.get("where", {}))})
     used = {row["experiment"] for row in rows}

@@ -1,4 +1,5 @@
-"""Paper figures: Figure 1 (learned LSQ bin width per layer) and Figure 2 (loss surfaces).
+"""Paper figures: Figure 1 (learned LSQ bin width per layer) and Figure 2 (loss surfaces); beyond the
+paper, Figure 3 (each measure against the generalization gap over a population of models).
 
 As with the tables, each figure is drawn from files only: Figure 1 from the CSV that
 :func:`step_size_records` produces from the trained checkpoints, Figure 2 from the ``.npz`` surfaces of
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,15 @@ import seaborn as sns
 from matplotlib import cm
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from qgen import files, quant
+from qgen.correlation import kendall_tau
 from qgen.errors import QgenError
 from qgen.experiments import RunSpec
 from qgen.landscape import Surface
 from qgen.tables import one_run_per_precision
-from qgen.vocab import PRECISION_LABELS, PRECISIONS, dataset_facts
+from qgen.vocab import POPULATION_MEASURES, PRECISION_LABELS, PRECISIONS, dataset_facts
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,89 @@ def _figure2_title(surfaces: Sequence[Surface], records: Sequence[Mapping[str, A
     models = " / ".join(dict.fromkeys(f"{r['model']} on {r['dataset']}" for r in records))
     sets = " / ".join(dict.fromkeys(evaluation_set(s) for s in surfaces))
     return f"{models}: training loss over {sets}"
+
+
+FIGURE3_COLUMNS = 4
+"""Figure 3's panels per row."""
+
+
+def plotted_measures(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The measures of :data:`qgen.vocab.POPULATION_MEASURES` with a value for at least two models (a
+    measure switched off, e.g. the Hessian, or undefined for every model gets no panel)."""
+    return [m for m in POPULATION_MEASURES if sum(_finite(r.get(m)) for r in records) >= 2]
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and np.isfinite(float(value))
+
+
+def _set_scale(ax: Any, values: np.ndarray) -> None:
+    """A log x-axis where the values are non-negative and their positive ones span more than a decade
+    (symmetric-log, linear below the smallest positive value, where some are 0, e.g. R of FP32 models);
+    ticks at up to five decades."""
+    positive = values[values > 0]
+    if values.min() < 0 or positive.size < 2 or positive.max() <= 10 * positive.min():
+        return
+    low, high = float(positive.min()), float(positive.max())
+    first, last = math.ceil(math.log10(low)), math.floor(math.log10(high))
+    step = max(1, math.ceil((last - first + 1) / 5))  # at most five labelled decades
+    decades = [10.0**e for e in range(first, last + 1, step)]
+    if positive.size < values.size:
+        ax.set_xscale("symlog", linthresh=low)
+        ax.set_xlim(left=0)
+        decades = [0.0, *decades]
+    else:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(decades))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def plot_population(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path]) -> Figure:
+    """Figure 3: for every measure a scatter of the generalization gap against it, one point per model of
+    the population (:func:`qgen.population.figure3_records`), coloured by precision and, where there are
+    several, marked by dataset;
+    each panel's title gives Kendall's tau over its models (:func:`qgen.correlation.kendall_tau`, the
+    ``tau`` of the correlation table). The figure written to ``outputs`` is returned.
+    """
+    measures = plotted_measures(records)
+    if not measures:
+        raise QgenError("Figure 3 needs a measure with values for at least two models")
+    frame = pd.DataFrame(records)
+    frame["Precision"] = frame["axis.precision"].map(PRECISION_LABELS)
+    frame = frame.rename(columns={"dataset": "Dataset"})
+    order = [PRECISION_LABELS[p] for p in PRECISIONS if p in set(frame["axis.precision"])]
+    columns = min(FIGURE3_COLUMNS, len(measures))
+    rows = -(-len(measures) // columns)
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig = Figure(figsize=(2.6 * columns + LEGEND_IN, 2.4 * rows), layout="constrained")
+        axes = fig.subplots(rows, columns, squeeze=False).ravel()
+        for ax, measure in zip(axes, measures, strict=False):
+            shown = frame[frame[measure].map(_finite)]
+            tau = kendall_tau(shown[measure].astype(float).tolist(), shown["gap"].astype(float).tolist())
+            sns.scatterplot(
+                data=shown,
+                x=measure,
+                y="gap",
+                hue="Precision",
+                hue_order=order,
+                style="Dataset" if frame["Dataset"].nunique() > 1 else None,
+                palette=PALETTE,
+                s=18,
+                legend="auto" if ax is axes[0] else False,
+                ax=ax,
+            )
+            _set_scale(ax, shown[measure].to_numpy(dtype=float))
+            value = "undefined" if tau.tau_b is None else f"{tau.tau_b:.2f}"
+            ax.set_title(f"{POPULATION_MEASURES[measure]}\n$\\tau$ = {value} ({tau.n} models)", fontsize=8)
+            ax.set_xlabel("")
+            ax.set_ylabel("generalization gap")
+        for ax in axes[len(measures) :]:
+            ax.set_visible(False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        axes[0].get_legend().remove()
+        fig.legend(handles, labels, loc="outside right upper")
+        _save(fig, outputs)
+    return fig
 
 
 def _save(fig: Figure, outputs: Sequence[Path]) -> None:

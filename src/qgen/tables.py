@@ -174,6 +174,48 @@ def summarize_measures(
     return out
 
 
+def _regularizer_values(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of one regularizer result (:class:`qgen.regularizer.RegularizerResult`) of a record."""
+    expected, taylor = block.get("expected") or {}, block.get("taylor") or {}
+    return {
+        "r_realized": block.get("value"),
+        "r_expected": expected.get("value"),
+        "r_expected_se": expected.get("std_error"),
+        "taylor_output_error": taylor.get("output_relative_error"),
+        "loss_change": taylor.get("loss_change"),
+        "loss_first_order": taylor.get("loss_first_order"),
+        "loss_second_order": taylor.get("loss_second_order"),
+    }
+
+
+def summarize_regularizer(
+    measures: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Beyond the paper, ``R`` of eq. 7 of one run per row and precision (``measures.json`` ``regularizer``).
+
+    A quantized run gives one record at its own bit width (its realized noise and the uniform-noise
+    expectation with its learned steps); an FP32 run gives one record without noise (``R = 0``) and one
+    per weight bit width with LSQ's initial step of its own weights (``at_initial_step``).
+    """
+    out = []
+    for row, precision, result in one_run_per_precision(measures, rows):
+        record = _row_record(row, precision, result)
+        block = result.get("regularizer") if result["status"] == "ok" else None
+        if block is None:
+            out.append(
+                record | {"bits": PRECISIONS[precision], "at_initial_step": False} | _regularizer_values({})
+            )
+            continue
+        out.append(
+            record
+            | {"bits": PRECISIONS[precision], "at_initial_step": False}
+            | _regularizer_values(block["realized"])
+        )
+        for bits, initial in block.get("initial_step", {}).items():
+            out.append(record | {"bits": int(bits), "at_initial_step": True} | _regularizer_values(initial))
+    return out
+
+
 def _data_source(cell: Mapping[str, Any], run_id: str) -> str:
     """``official`` or ``generated``: the source of the corrupted data a ``corruptions.csv`` row records."""
     try:
@@ -245,6 +287,17 @@ def fmt(value: float | None, digits: int) -> str:
         return MISSING
     text = f"{abs(value):.{digits}f}"
     return f"$-${text}" if value < 0 and float(text) != 0 else text
+
+
+def fmt_sci(value: float | None, digits: int = 2) -> str:
+    """A number in scientific notation for values that span decades (``$1.23\\cdot 10^{-5}$``), or
+    :data:`MISSING`; zero prints as ``0``."""
+    if value is None:
+        return MISSING
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.{digits}e}".split("e")
+    return f"${mantissa}\\cdot 10^{{{int(exponent)}}}$"  # a minus inside math is a minus sign
 
 
 def fmt_mean_std(mean: float | None, std: float | None, digits: int) -> str:
@@ -480,6 +533,53 @@ def corruption_accuracy_context(records: Sequence[Mapping[str, Any]]) -> dict[st
     return _corruption_context(records, accuracy=True)
 
 
+def regularizer_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of the regularizer table: a group per (dataset, model), a row per precision (and,
+    for FP32, per bit width at LSQ's initial step)."""
+    groups = [
+        {"dataset": dataset, "model": model, "rows": members}
+        for (dataset, model), members in _grouped(records, "dataset", "model").items()
+    ]
+    return {
+        "groups": groups,
+        "initial_step": any(r["at_initial_step"] for r in records),
+        "missing": any(r["r_expected"] is None and not r["at_initial_step"] and r["bits"] for r in records),
+    }
+
+
+def correlation_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of the rank-correlation table: a row per measure of
+    :data:`qgen.vocab.POPULATION_MEASURES` in two panels, tau over all models (with its interval), Psi and
+    tau within each precision; psi per axis (the :func:`qgen.population.correlation_records` rows)."""
+    cells = {(r["measure"], r["statistic"], r["group"]): r for r in records}
+    measures = list(dict.fromkeys(r["measure"] for r in records))
+    # An axis the sweep does not vary (one value: no group of two models) has no psi and no column.
+    axes = list(dict.fromkeys(r["group"] for r in records if r["statistic"] == "psi" and r["groups"]))
+    within = list(dict.fromkeys(r["group"] for r in records if r["group"].startswith("precision=")))
+    rows = [
+        {
+            "label": cells[(m, "tau", "all")]["label"],
+            "tau": cells[(m, "tau", "all")],
+            "psi": [cells[(m, "psi", axis)] for axis in axes],
+            "Psi": cells[(m, "Psi", "all")],
+            "within": [cells[(m, "tau", group)] for group in within],
+        }
+        for m in measures
+    ]
+    n = cells[(measures[0], "tau", "all")]["n"] if measures else 0
+    return {
+        "rows": rows,
+        "axes": [axis.replace("_", " ") for axis in axes],
+        "within": [PRECISION_LABELS[group.removeprefix("precision=")] for group in within],
+        "models": n,
+        "within_span": Span("$\\tau$ per precision", 4, 3 + len(within)),
+        "psi_span": Span("$\\psi$ per axis", 2, 1 + len(axes)),
+        "missing": any(
+            c["value"] is None for r in rows for c in (r["tau"], r["Psi"], *r["psi"], *r["within"])
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class Table:
     """How one paper table is built: metrics -> summary rows, summary rows -> template context."""
@@ -495,7 +595,21 @@ TABLES: dict[str, Table] = {
     "table4": Table(summarize_corruptions, corruption_gaps_context),
     "table5": Table(summarize_corruptions, corruption_gaps_context),
     "table6": Table(summarize_corruptions, corruption_accuracy_context),
+    "regularizer": Table(summarize_regularizer, regularizer_context),
 }
+"""The tables built from their rows' runs; the rank-correlation table (``correlation``) is summarised by
+:func:`qgen.population.correlation_records` and laid out by :func:`correlation_context`."""
+CONTEXTS: dict[str, Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]] = {
+    name: t.context for name, t in TABLES.items()
+} | {"correlation": correlation_context}
+
+
+def context(name: str) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]:
+    """How table ``name``'s summary rows are laid out by its template."""
+    try:
+        return CONTEXTS[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown table {name!r}; known: {sorted(CONTEXTS)}") from None
 
 
 def table(name: str) -> Table:
@@ -525,7 +639,7 @@ def render(template: Path | str, context: Mapping[str, Any], source: str = "a qg
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters |= {"esc": latex_escape, "fmt": fmt}
+    env.filters |= {"esc": latex_escape, "fmt": fmt, "sci": fmt_sci}
     env.globals |= {
         "fmt_mean_std": fmt_mean_std,
         "precision_label": PRECISION_LABELS.get,

@@ -267,6 +267,19 @@ SUMMARIES: Mapping[str, Summary] = {
 regularizer of eq. 7 (per model), the rank correlation of the measures with the gap over a population of
 models, and its scatter plots (Figure 3)."""
 TABLE_NAMES = tuple(name for name, s in SUMMARIES.items() if s.rendered == "table")
+REPORTED = (
+    "table1",
+    "table2",
+    "table3",
+    "table4",
+    "table5",
+    "figure1",
+    "figure2",
+    "regularizer",
+    "correlation",
+)
+"""The summaries the reproduction report reads (:mod:`qgen.report`): the published Tables 1-5 and Figures 1-2,
+and the regularizer and correlation tables whose claims are the paper's reasoning (eqs. 6-7, §4.1)."""
 FIGURE_NAMES = tuple(name for name, s in SUMMARIES.items() if s.rendered == "figure")
 
 POPULATION_MEASURES: Mapping[str, str] = {

@@ -19,7 +19,7 @@ from qgen.experiments import (
     summary_rows,
 )
 from qgen.summary import config_path, summary_path, write_config
-from qgen.vocab import FIGURE_NAMES, SUMMARIES, TABLE_NAMES
+from qgen.vocab import FIGURE_NAMES, REPORTED, SUMMARIES, TABLE_NAMES
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -49,6 +49,8 @@ EXPERIMENTS = experiments_by_name(config)
 SUMMARIZED = configured_summaries(config)
 TABLES = [name for name in SUMMARIZED if name in TABLE_NAMES]
 FIGURES = [name for name in SUMMARIZED if name in FIGURE_NAMES]
+# The figures drawn from their summary alone (rule figure); Figure 2 also reads its surfaces.
+PLOTTED = [name for name in FIGURES if SUMMARIES[name].result != "landscape"]
 # Each summary is defined by a slice of the config, kept in results/summary/<name>.config.json and
 # rewritten here whenever it changes: the summary and what is rendered from it then have a newer input,
 # so Snakemake rebuilds them even without its metadata (a copied results/), and each job checks that its
@@ -69,6 +71,7 @@ wildcard_constraints:
     point="[^/]+",
     dataset="[a-z0-9_]+",
     table="|".join(TABLES) or "(?!)",
+    figure="|".join(PLOTTED) or "(?!)",
     summary="|".join(SUMMARIZED) or "(?!)",
     digest="[0-9a-f]{16}",
     pack="pack[0-9]+-[0-9]{4}",
@@ -144,9 +147,10 @@ def summary_digest(name):
 
 
 def summary_digest_of(wildcards):
-    return DIGESTS[
-        wildcards.summary if "summary" in wildcards.keys() else wildcards.table
-    ]
+    """The digest of the config slice of the wildcards' summary, table or figure."""
+    for key in ("summary", "table", "figure"):
+        if key in wildcards.keys():
+            return DIGESTS[getattr(wildcards, key)]
 
 
 def table_summary(wildcards):
@@ -230,12 +234,8 @@ def corruption_batch_size(wildcards):
 
 # Figures (paper Figures 1-2) and the reproduction report.
 FIGURE_CONFIG = config["figures"]
-# The paper tables the report compares with our summaries (those configured in `tables`).
-REPORT_SOURCES = [
-    name
-    for name in ("table1", "table2", "table3", "table4", "table5")
-    if name in TABLES
-] + FIGURES
+# The summaries the report reads (qgen.vocab.REPORTED), of those configured.
+REPORT_SOURCES = [name for name in REPORTED if name in SUMMARIZED]
 
 
 def figure2_surfaces(wildcards):

@@ -1,25 +1,25 @@
-rule figure1:
+rule figure:
     input:
-        csv="results/summary/figure1.csv",
-        config="results/summary/figure1.config.json",
+        csv="results/summary/{figure}.csv",
+        config="results/summary/{figure}.config.json",
     output:
-        pdf="paper_tables/figure1.pdf",
+        pdf="paper_tables/{figure}.pdf",
         png=report(
-            "paper_tables/figure1.png",
-            caption="../report/figure1.rst",
+            "paper_tables/{figure}.png",
+            caption="../report/figure.rst",
             category="Figures",
-            labels={"figure": "figure1"},
+            labels={"figure": "{figure}"},
         ),
-        data="paper_tables/figure1.csv",
+        data="paper_tables/{figure}.csv",
     log:
-        "logs/figures/figure1.log",
+        "logs/figures/{figure}.log",
     localrule: True
     conda:
         "../../envs/qgen.yaml"
     params:
-        digest=summary_digest("figure1"),
+        digest=summary_digest_of,
     shell:
-        "qgen figure1 --csv {input.csv:q} --config {input.config:q}"
+        "qgen {wildcards.figure} --csv {input.csv:q} --config {input.config:q}"
         " --out {output.pdf:q} {output.png:q} --data {output.data:q} > {log:q} 2>&1"
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from qgen.errors import QgenError
-from qgen.report.values import Value
+from qgen.report.values import POPULATION, Value
 from qgen.tables import REFERENCE_PRECISION
-from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS
+from qgen.vocab import MEASURES, POPULATION_MEASURES, PRECISION_LABELS, PRECISIONS, Measure
 
 Status = Literal["PASS", "FAIL", "INCONCLUSIVE", "NOT RUN"]
 PASS: Status = "PASS"
@@ -45,6 +45,9 @@ QUANTIZED = tuple(p for p in ORDER if PRECISIONS[p] is not None)
 # Test-accuracy points within which Int8 counts as "on par" with FP32 (our reading; docs/decisions.md).
 INT8_TOLERANCE = 1.0
 MOST, ALMOST_ALL, ALL = 0.5, 0.9, 1.0  # fractions of cells: "most" is more than half, "almost all" >= 90%
+# Relative error of eq. 6's first-order output change up to which the expansion counts as close (our
+# reading; docs/decisions.md).
+TAYLOR_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ Check = Callable[[Sequence[Value], float], dict[str, Verdict]]
 
 
 def _scope(value: Value) -> str:
-    return f"{value.dataset} {value.model}"
+    return f"{value.dataset} {value.model}".strip()
 
 
 def _grouped(values: Sequence[Value], quantity: str | None = None) -> dict[str, dict[tuple[str, str], Value]]:
@@ -206,14 +209,14 @@ def _all_less(name: str, pairs: Sequence[tuple[str, str]]) -> Judge:
     return judge
 
 
-def _trend(name: str, decreasing: bool) -> Judge:
-    """The value moves one way from FP32 to Int2: the overall change is a comparison of the rule, and no
-    step may go significantly the other way (a step within its uncertainty is consistent with "never
-    grows"). FAIL if the overall change or a step goes the other way, PASS if the overall change passes
-    and no step fails, else INCONCLUSIVE."""
+def _trend(name: str, decreasing: bool, order: Sequence[str] = ORDER) -> Judge:
+    """The value moves one way along ``order`` (FP32 to Int2): the overall change is a comparison of the
+    rule, and no step may go significantly the other way (a step within its uncertainty is consistent with
+    "never grows"). FAIL if the overall change or a step goes the other way, PASS if the overall change
+    passes and no step fails, else INCONCLUSIVE."""
 
     def judge(series: Mapping[str, Value], k: float) -> Verdict:
-        ordered = [series[p] for p in ORDER]
+        ordered = [series[p] for p in order]
         first, last = ordered[0], ordered[-1]
         overall = less(last, first, k) if decreasing else less(first, last, k)
         backwards = [
@@ -349,10 +352,70 @@ def bin_width_grows(values: Sequence[Value], k: float) -> dict[str, Verdict]:
     return out
 
 
+def _at_most(name: str, bound: float) -> Judge:
+    """Every value is at most ``bound`` (each a comparison of the rule: exact values decide by the
+    inequality itself)."""
+
+    def within(v: Value, k: float) -> Status:
+        if v.uncertainty == 0:
+            return PASS if v.value <= bound else FAIL
+        return sign(bound - v.value, v.uncertainty, k)
+
+    def judge(series: Mapping[str, Value], k: float) -> Verdict:
+        statuses = [within(v, k) for v in series.values()]
+        return Verdict(both(statuses), f"{name}: {_series(series)} (close: at most {bound:g})")
+
+    return judge
+
+
+def _population(values: Sequence[Value]) -> dict[tuple[str, str], Value]:
+    """(measure, ``"<statistic> <group>"``) -> value of the correlation table's population."""
+    return {(v.quantity, v.detail): v for v in values if v.dataset == POPULATION}
+
+
+def _short(measure: str) -> str:
+    return POPULATION_MEASURES[measure]
+
+
+def _population_check(statistic: str, pairs: Sequence[tuple[str | None, str]], name: str) -> Check:
+    """Each ``(a, b)`` of ``pairs`` (measures) has ``statistic`` of ``a`` below that of ``b``; ``a = None``
+    stands for zero (the measure ranks the models as their gaps do). One verdict for the population: NOT
+    RUN where a statistic is missing (undefined, or the correlation table not built)."""
+
+    def check(values: Sequence[Value], k: float) -> dict[str, Verdict]:
+        cells = _population(values)
+        if not cells:
+            return {}
+        missing = [b for a, b in pairs for m in (a, b) if m and (m, statistic) not in cells]
+        if missing:
+            shown_missing = ", ".join(dict.fromkeys(map(_short, missing)))
+            return {POPULATION: Verdict(NOT_RUN, f"{statistic} undefined for {shown_missing}")}
+        statuses, notes = [], []
+        for a, b in pairs:
+            high = cells[(b, statistic)]
+            if a is None:
+                status = sign(high.value, high.uncertainty, k)
+                notes.append(f"{_short(b)} {shown(high, 2)}")
+            else:
+                comparison = less(cells[(a, statistic)], high, k)
+                status = comparison.status
+                notes.append(f"{_short(b)} {shown(high, 2)} vs {_short(a)} {shown(comparison.a, 2)}")
+            statuses.append(status)
+        return {POPULATION: Verdict(both(statuses), f"{name}: " + "; ".join(notes))}
+
+    return check
+
+
+def _plain(m: Measure) -> str:
+    """The measure that differs from magnitude-aware ``m`` only in bounding the noise absolutely."""
+    return Measure(m.family, False, m.reference).name
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A qualitative statement of the paper, where it is made, the quantities it reads of its source, and
-    the check that decides it (given only the values of those quantities)."""
+    """A qualitative statement of the paper, where it is made, the quantities it reads of its source (and,
+    with ``cells``, only those of their cells whose detail is listed), and the check that decides it
+    (given only those values)."""
 
     name: str
     source: str
@@ -360,6 +423,7 @@ class Claim:
     statement: str
     reads: tuple[str, ...]
     check: Check
+    cells: tuple[str, ...] | None = None
 
 
 TO_FULL = tuple((q, FULL) for q in QUANTIZED)
@@ -465,6 +529,54 @@ CLAIMS: tuple[Claim, ...] = (
             _all_less("mean loss rise over the grid", [("int8", FULL), ("int8", "int4"), ("int4", "int2")]),
         ),
     ),
+    Claim(
+        "regularizer_grows",
+        "regularizer",
+        "§3 (eq. 7), Figure 1",
+        "The regularizer R of eq. 7 grows as the bit width falls (wider bins, more noise).",
+        ("r_expected",),
+        _per_scope(QUANTIZED, _trend("E R", decreasing=False, order=QUANTIZED)),
+    ),
+    Claim(
+        "first_order_close",
+        "regularizer",
+        "§3 (eqs. 5-7)",
+        "The first-order expansion of eq. 6 describes the quantized network's output (relative error at "
+        f"most {TAYLOR_TOLERANCE:g}).",
+        ("taylor_output_error",),
+        _per_scope(QUANTIZED, _at_most("relative error of the first-order output change", TAYLOR_TOLERANCE)),
+    ),
+    Claim(
+        "magnitude_aware_predict_gap",
+        "correlation",
+        "§4.1 (after Jiang et al., 2019)",
+        "Magnitude-aware flatness measures rank models by their generalization gap (Kendall's tau > 0).",
+        tuple(m.name for m in MEASURES if m.magnitude_aware),
+        _population_check("tau all", [(None, m.name) for m in MEASURES if m.magnitude_aware], "tau"),
+        cells=("tau all",),
+    ),
+    Claim(
+        "magnitude_aware_better_indicators",
+        "correlation",
+        "§4.1",
+        "Magnitude-aware measures are better indicators of generalization than their plain counterparts "
+        "(a larger tau).",
+        tuple(m.name for m in MEASURES),
+        _population_check("tau all", [(_plain(m), m.name) for m in MEASURES if m.magnitude_aware], "tau"),
+        cells=("tau all",),
+    ),
+    Claim(
+        "flatness_explains_precision",
+        "correlation",
+        "§4.1, Table 3",
+        "Among models that differ only in precision, the flatter one (magnitude-aware) generalizes better "
+        "(psi over the precision axis > 0).",
+        tuple(m.name for m in MEASURES if m.magnitude_aware),
+        _population_check(
+            "psi precision", [(None, m.name) for m in MEASURES if m.magnitude_aware], "psi (precision)"
+        ),
+        cells=("psi precision",),
+    ),
 )
 
 
@@ -479,7 +591,9 @@ def evaluate(
     found = results.get(claim.source)
     if found is None:
         return {"": Verdict(NOT_RUN, f"no {claim.source} results (not configured or not built)")}
-    values = [v for v in found if v.quantity in claim.reads]
+    values = [
+        v for v in found if v.quantity in claim.reads and (claim.cells is None or v.detail in claim.cells)
+    ]
     verdicts = claim.check(values, k)
     if not verdicts:
         return {"": Verdict(NOT_RUN, f"{claim.source} holds no values this claim reads")}

@@ -10,9 +10,9 @@ from typing import Any
 
 from qgen.errors import QgenError
 from qgen.tables import TABLE1_COLUMNS
-from qgen.vocab import MEASURES, PRECISION_LABELS
+from qgen.vocab import MEASURES, PRECISION_LABELS, REPORTED
 
-SOURCES = ("table1", "table2", "table3", "table4", "table5", "figure1", "figure2")
+SOURCES = REPORTED
 NAMES = {
     "table1": "Table 1",
     "table2": "Table 2",
@@ -21,6 +21,8 @@ NAMES = {
     "table5": "Table 5",
     "figure1": "Figure 1",
     "figure2": "Figure 2",
+    "regularizer": "Regularizer table",
+    "correlation": "Correlation table",
 }
 TITLES = {
     "table1": "generalization gaps",
@@ -30,6 +32,8 @@ TITLES = {
     "table5": "generalization gap under corruptions (CIFAR-100-C)",
     "figure1": "learned bin width per layer",
     "figure2": "loss surfaces",
+    "regularizer": "R of eq. 7 measured (beyond the paper)",
+    "correlation": "rank correlation of the measures with the gap (beyond the paper)",
 }
 
 
@@ -92,6 +96,29 @@ def _unknown(row: Mapping[str, Any], *quantities: str) -> dict[str, tuple[Any, N
 
 
 CORRUPTION_QUANTITIES = ("gap", "test_loss", "test_accuracy", "train_loss")
+POPULATION = "population"
+"""The scope of the correlation table's values: one population of models, not a (dataset, model)."""
+
+
+def _regularizer(row: Mapping[str, Any]) -> dict[str, tuple[Any, float | None]]:
+    """A quantized model's ``R`` (realized: one draw, no spread), its uniform-noise expectation (the
+    Monte Carlo standard error) and the first-order expansion's relative error (exact: a ratio of two
+    computed sums, not an estimate); an FP32 row at LSQ's initial step is a counterfactual, not a model,
+    and gives no value."""
+    if row["at_initial_step"] or row["r_realized"] is None:
+        return {}
+    return {
+        "r_realized": (row["r_realized"], None),
+        "r_expected": (row["r_expected"], row["r_expected_se"]),
+        "taylor_output_error": (row["taylor_output_error"], 0.0),
+    }
+
+
+def _correlation(row: Mapping[str, Any]) -> dict[str, tuple[Any, float | None]]:
+    """A statistic of one measure: its value (``tau_b`` or a mean of them) with its standard error (the
+    jackknife's for tau, over the groups for psi; none for Psi)."""
+    return {row["measure"]: (row["value"], row["std_error"])}
+
 
 READINGS: dict[str, Reading] = {
     "table1": lambda r: {c.key: (r[f"{c.key}_mean"], _standard_error(r, c.key)) for c in TABLE1_COLUMNS},
@@ -103,6 +130,8 @@ READINGS: dict[str, Reading] = {
     "table5": lambda r: _unknown(r, *CORRUPTION_QUANTITIES),
     "figure1": lambda r: _unknown(r, "step_size"),
     "figure2": lambda r: _unknown(r, "centre_loss", "centre_accuracy", "mean_rise", "max_loss"),
+    "regularizer": _regularizer,
+    "correlation": _correlation,
 }
 """How each of our summaries becomes values."""
 
@@ -118,6 +147,10 @@ UNCERTAINTY: dict[str, str] = {
     "figure1": "none: each precision is one run",
     "figure2": "none: a surface file holds the mean loss over the evaluated images at each grid point, not "
     "per-image losses, so no bootstrap over the images is possible",
+    "regularizer": "the Monte Carlo standard error of E R over its uniform-noise draws; the realized R is "
+    "one draw (none); the first-order error is exact (a ratio of two computed sums)",
+    "correlation": "the jackknife standard error of tau over the models; psi's over its groups, "
+    "std / sqrt(g); none for Psi",
 }
 """What the standard uncertainty of each of our sources is (the report and docs/decisions.md state it)."""
 
@@ -125,7 +158,16 @@ UNCERTAINTY: dict[str, str] = {
 def _detail(source: str, row: Mapping[str, Any]) -> str:
     if source in ("table4", "table5"):
         return corruption_detail(row["corruption"], int(row["severity"]))
+    if source == "correlation":
+        return f"{row['statistic']} {row['group']}"
     return str(row.get("layer", ""))
+
+
+def _cell(source: str, row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The (dataset, model, precision) of a row; the correlation table's rows are of the population."""
+    if source == "correlation":
+        return POPULATION, "", ""
+    return row["dataset"], row["model"], row["precision"]
 
 
 def values_of(source: str, rows: Sequence[Mapping[str, Any]]) -> list[Value]:
@@ -136,21 +178,10 @@ def values_of(source: str, rows: Sequence[Mapping[str, Any]]) -> list[Value]:
     out = []
     try:
         for row in rows:
-            detail = _detail(source, row)
+            detail, cell = _detail(source, row), _cell(source, row)
             for quantity, (number, u) in READINGS[source](row).items():
                 if number is not None:
-                    out.append(
-                        Value(
-                            source,
-                            row["dataset"],
-                            row["model"],
-                            row["precision"],
-                            quantity,
-                            detail,
-                            float(number),
-                            u,
-                        )
-                    )
+                    out.append(Value(source, *cell, quantity, detail, float(number), u))
     except KeyError as exc:
         raise QgenError(
             f"{source} summary: missing column {exc.args[0]!r} (written by an older qgen?); rebuild it with "
@@ -164,6 +195,8 @@ def diverged(source: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
     so that a model whose every run diverged is listed rather than silently absent."""
     out = []
     for row in rows:
+        if source == "correlation":  # diverged runs are not part of the population
+            continue
         where = f"{NAMES[source]}, {row['dataset']} {row['model']} {PRECISION_LABELS[row['precision']]}"
         if row.get("n_diverged"):
             out.append(f"{where}: {row['n_diverged']} of {row['n_runs']} runs diverged")
