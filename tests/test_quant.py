@@ -304,7 +304,7 @@ def test_fp32_is_a_no_op_and_double_quantization_is_refused() -> None:
     net = small_net()
     assert quant.quantize_model(net, None) is net and quant.step_sizes(net) == {}
     quant.quantize_model(net, 8)
-    with pytest.raises(ValueError, match="already parametrized"):
+    with pytest.raises(ValueError, match="already quantized; quantize a model only once"):
         quant.quantize_model(net, 8)
 
 

@@ -1,62 +1,57 @@
-"""LSQ weight quantization (Esser et al., ICLR 2020), weights only, one learned step per layer.
+"""LSQ's fake quantization and its integer codes as fused autograd nodes (Esser et al., ICLR 2020).
 
-The paper quantizes each targeted layer's weight tensor ``w`` with a learned step ``s`` (paper eqs. 1-2):
+A tensor ``x`` (a weight or an activation) is quantized with a learned step ``s`` to the integer range
+``[lower, upper]`` (paper eqs. 1-2; LSQ eqs. 1-2):
 
-    w_bar = round(clip(w / s, -2^(b-1), 2^(b-1) - 1))        (1)
-    w_hat = w_bar * s                                         (2)
+    x_bar = round(clip(x / s, lower, upper))                 (1)   the integer code
+    x_hat = x_bar * s                                         (2)   the fake-quantized value
 
-Gradients follow LSQ: the rounding is a straight-through estimator, so ``d w_hat / d w`` is 1 inside the
-clip range and 0 outside; ``d w_hat / d s`` is ``round(w/s) - w/s`` inside the range and the clip bound
-(``-Q_N`` or ``Q_P``) outside, and the step's gradient is scaled by ``g = 1 / sqrt(N * Q_P)`` with ``N`` the
-number of weights in the layer; ``w/s`` exactly at a bound counts as clipped. One fused autograd node,
-:class:`LSQFakeQuant`, computes ``w_hat`` and both gradients. The step starts at
-``s0 = 2 * mean|w| / sqrt(Q_P)``.
+with ``[lower, upper] = [-2^(b-1), 2^(b-1) - 1]`` for signed data (weights, and activations that can be
+negative) and ``[0, 2^b - 1]`` for unsigned data (activations after a ReLU). Gradients follow LSQ: the
+rounding is a straight-through estimator, so ``d x_hat / d x`` is 1 inside the clip range and 0 outside;
+``d x_hat / d s`` is ``round(x/s) - x/s`` inside the range and the clip bound outside, and the step's
+gradient is scaled by ``g = 1 / sqrt(N * Q_P)`` (LSQ §2.2), ``N`` the number of weights of the layer or the
+number of features of the activation; ``x/s`` exactly at a bound counts as clipped.
 
-Quantizers are attached with :func:`torch.nn.utils.parametrize.register_parametrization`, so
-``module.weight`` is the quantized weight ``w_hat`` wherever the module reads it, the latent float
-weight lives at ``module.parametrizations.weight.original`` and the step at
-``module.parametrizations.weight[0].step``. This works for any module that reads ``self.weight``
-(torchvision and timm layers included).
+- :class:`LSQFakeQuant` computes ``x_hat`` and both gradients in one node (the fake-quantized forward).
+- :class:`LSQCodes` computes ``x_bar`` with the gradients of ``x_hat / s`` at fixed ``s``, and
+  :class:`GradScale` scales a step's gradient by ``g``; together, ``s' = GradScale(s)``,
+  ``LSQCodes(x, s') * s'`` has the values and LSQ gradients of ``LSQFakeQuant(x, s)``. A quantized layer
+  computes on the codes this way where its matrix products run in a 16-bit float (:mod:`qgen.quant.layers`):
+  ``|x_bar| <= 256`` is exact in bfloat16, while ``x_bar * s`` is not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch import Tensor
 
 from qgen.errors import QgenError
-from qgen.vocab import PRECISIONS
-
-STEP_MIN: Final = 1e-8
-"""Floor that keeps every learned step strictly positive (see :func:`clamp_steps_`)."""
-
-QUANTIZABLE: Final = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def bits_of(precision: str) -> int | None:
-    """Bit width of a precision name (``"int4"`` -> 4, ``"fp32"`` -> None)."""
-    try:
-        return PRECISIONS[precision]
-    except KeyError:
-        raise QgenError(f"unknown precision {precision!r}; expected one of {list(PRECISIONS)}") from None
-
-
-def level_bounds(bits: int) -> tuple[int, int]:
-    """Signed integer range ``(-Q_N, Q_P) = (-2^(b-1), 2^(b-1) - 1)`` of eq. 1."""
+def level_bounds(bits: int, signed: bool = True) -> tuple[int, int]:
+    """The integer range ``(lower, upper)``: ``(-2^(b-1), 2^(b-1) - 1)`` signed (eq. 1), ``(0, 2^b - 1)``
+    unsigned (LSQ §2, activations after a ReLU)."""
     if bits < 2:
-        raise QgenError(f"bits must be >= 2 for signed weights, got {bits}")
+        raise QgenError(f"bits must be >= 2, got {bits}")
+    if not signed:
+        return 0, 2**bits - 1
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def initial_step(w: Tensor, bits: int) -> Tensor:
-    """LSQ's initial step ``s0 = 2 * mean|w| / sqrt(Q_P)`` (Esser et al. 2020, §2.1)."""
-    _, q_p = level_bounds(bits)
-    return 2 * w.detach().abs().mean() / math.sqrt(q_p)
+def initial_step(x: Tensor, bits: int, signed: bool = True) -> Tensor:
+    """LSQ's initial step ``s0 = 2 * mean|x| / sqrt(Q_P)`` (Esser et al. 2020, §2.1), ``Q_P`` the upper
+    bound of the range (:func:`level_bounds`)."""
+    _, q_p = level_bounds(bits, signed)
+    return 2 * x.detach().abs().mean() / math.sqrt(q_p)
+
+
+def gradient_scale(n: int, upper: int) -> float:
+    """LSQ's step-gradient scale ``g = 1 / sqrt(N * Q_P)`` (§2.2)."""
+    return 1.0 / math.sqrt(n * upper)
 
 
 class LSQFakeQuant(torch.autograd.Function):
@@ -86,8 +81,10 @@ class LSQFakeQuant(torch.autograd.Function):
     lives anyway) and recomputes ``v``. The same op serves a weight quantizer (signed range, ``N`` =
     weights of the layer) and an activation quantizer (``lower = 0`` for unsigned data, ``N`` = features).
     ``s`` is a scalar or broadcasts to ``x`` (its gradient is summed to its shape). Runs under
-    ``torch.func`` transforms (``vmap`` of ``functional_call``, ``grad``) through the generated vmap rule;
-    every op used has a batching rule.
+    ``torch.func`` transforms (``vmap`` of ``functional_call``, ``grad``, ``jvp``) through the generated
+    vmap rule and :meth:`jvp` (the transpose of the backward, so forward and reverse mode agree); every op
+    used has a batching rule. The backward is itself differentiable (double backward, for the Hessian of
+    a network whose activations stay quantized).
     """
 
     generate_vmap_rule = True
@@ -102,6 +99,7 @@ class LSQFakeQuant(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         x, s, lower, upper, grad_scale = inputs
         ctx.save_for_backward(x, s)
+        ctx.save_for_forward(x, s)
         ctx.lower, ctx.upper, ctx.grad_scale = lower, upper, grad_scale
 
     @staticmethod
@@ -109,11 +107,30 @@ class LSQFakeQuant(torch.autograd.Function):
         x, s = ctx.saved_tensors
         v = x / s
         grad_x = _where_inside(grad_out, v, ctx.lower, ctx.upper)
-        # round(clip(v)) is round(v) inside and the bound outside; v is subtracted inside only.
-        inside_v = _where_inside(v, v, ctx.lower, ctx.upper)
-        d_s = v.clamp_min_(ctx.lower).clamp_max_(ctx.upper).round_().sub_(inside_v)
+        d_s = _step_derivative(v, ctx.lower, ctx.upper)
         grad_s = (d_s * grad_out).sum_to_size(s.shape) * ctx.grad_scale
         return grad_x, grad_s, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: Tensor | None, s_t: Tensor | None, *_: Any) -> Tensor:
+        x, s = ctx.saved_tensors
+        v = x / s
+        out = torch.zeros_like(v) if x_t is None else _where_inside(x_t, v, ctx.lower, ctx.upper)
+        if s_t is not None:
+            out = out + _step_derivative(v, ctx.lower, ctx.upper) * (s_t * ctx.grad_scale)
+        return out
+
+
+def _step_derivative(v: Tensor, lower: int, upper: int) -> Tensor:
+    """``d x_hat / d s`` per element: ``round(v) - v`` inside the range, the bound outside (LSQ eq. 3).
+
+    ``round(clip(v))`` is ``round(v)`` inside and the bound outside; ``v`` is subtracted inside only. In
+    place on ``v`` unless gradients are being recorded (a double backward needs ``v`` as it was).
+    """
+    inside_v = _where_inside(v, v, lower, upper)
+    if torch.is_grad_enabled():
+        return v.clamp_min(lower).clamp_max(upper).round().sub(inside_v)
+    return v.clamp_min_(lower).clamp_max_(upper).round_().sub_(inside_v)
 
 
 def _where_inside(values: Tensor, v: Tensor, lower: int, upper: int) -> Tensor:
@@ -123,7 +140,7 @@ def _where_inside(values: Tensor, v: Tensor, lower: int, upper: int) -> Tensor:
 
 
 def lsq_fake_quant(w: Tensor, s: Tensor, bits: int) -> Tensor:
-    """Quantize ``w`` with step ``s`` to ``bits`` bits: ``w_hat`` of paper eqs. 1-2, with LSQ gradients.
+    """Quantize the weight ``w`` with step ``s`` to ``bits`` signed bits: ``w_hat`` of paper eqs. 1-2.
 
     Differentiable in ``w`` (straight-through inside the clip range, zero outside) and in ``s``
     (``round(w/s) - w/s`` inside the range, the clip bound outside, times ``1/sqrt(N * Q_P)`` with ``N``
@@ -131,92 +148,54 @@ def lsq_fake_quant(w: Tensor, s: Tensor, bits: int) -> Tensor:
     as in LSQ's eq. 3. One fused node, :class:`LSQFakeQuant`. ``s`` must be positive (a scalar tensor).
     """
     q_n, q_p = level_bounds(bits)
-    return LSQFakeQuant.apply(w, s, q_n, q_p, 1.0 / math.sqrt(w.numel() * q_p))
+    return LSQFakeQuant.apply(w, s, q_n, q_p, gradient_scale(w.numel(), q_p))
 
 
-class LSQWeightQuantizer(nn.Module):
-    """Parametrization ``w -> w_hat`` holding one learned step ``s`` for one weight tensor."""
+class LSQCodes(torch.autograd.Function):
+    """The integer codes ``round(clip(x / s, lower, upper))`` with the straight-through gradients of
+    ``x / s``: ``dL/dx = dL/dq / s`` and ``dL/ds = -sum(dL/dq * v / s)`` where ``lower < v < upper``
+    (``v = x / s``), nothing where clipped (the code is the constant bound there).
 
-    def __init__(self, weight: Tensor, bits: int) -> None:
-        super().__init__()
-        self.bits = bits
-        self.step = nn.Parameter(initial_step(weight, bits).to(weight.dtype))
-
-    def forward(self, weight: Tensor) -> Tensor:
-        return lsq_fake_quant(weight, self.step, self.bits)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}"
-
-
-def quantize_model(model: nn.Module, bits: int | None, *, quantize_first_last: bool = False) -> nn.Module:
-    """Attach an LSQ weight quantizer to every targeted conv/linear layer of ``model`` (in place).
-
-    Targets are all ``Conv*d`` and ``Linear`` modules; the first and the last of them in definition
-    order (the stem and the classifier of every registry model) are skipped unless
-    ``quantize_first_last``. ``bits=None`` (FP32) returns the model unchanged. Steps are initialised
-    eagerly from the current weights, so quantize *after* loading pretrained weights.
+    With ``s`` passed through :class:`GradScale`, ``LSQCodes(x, s) * s`` has the value and the LSQ
+    gradients of :class:`LSQFakeQuant`: inside the range ``d(q s)/ds = q - v = round(v) - v``, outside
+    ``q = `` the bound. Codes are returned in ``x``'s dtype.
     """
-    if bits is None:
-        return model
-    level_bounds(bits)
-    layers = [m for m in model.modules() if isinstance(m, QUANTIZABLE)]
-    if not quantize_first_last:
-        layers = layers[1:-1]
-    for layer in layers:
-        if parametrize.is_parametrized(layer, "weight"):
-            raise ValueError(f"{type(layer).__name__} is already parametrized; quantize a model only once")
-        parametrize.register_parametrization(layer, "weight", LSQWeightQuantizer(layer.weight, bits))
-    return model
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, s: Tensor, lower: int, upper: int) -> Tensor:
+        return (x / s).clamp_min_(lower).clamp_max_(upper).round_()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, s, lower, upper = inputs
+        ctx.save_for_backward(x, s)
+        ctx.lower, ctx.upper = lower, upper
+
+    @staticmethod
+    def backward(ctx: Any, grad_q: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        x, s = ctx.saved_tensors
+        v = x / s
+        inside = _where_inside(grad_q, v, ctx.lower, ctx.upper)
+        grad_s = -(inside * v).sum_to_size(s.shape) / s
+        return inside / s, grad_s, None, None
 
 
-def quantizers(model: nn.Module) -> dict[str, LSQWeightQuantizer]:
-    """Layer name -> its LSQ quantizer, in definition order."""
-    found: dict[str, LSQWeightQuantizer] = {}
-    for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
-                if isinstance(p, LSQWeightQuantizer):
-                    found[name] = p
-    return found
+class GradScale(torch.autograd.Function):
+    """``s`` in the forward pass, its gradient times ``g`` in the backward (LSQ's ``gradscale``, one node
+    that returns ``s`` itself rather than the composite's ``(s - g s).detach() + g s``)."""
 
+    generate_vmap_rule = True
 
-def step_sizes(model: nn.Module) -> dict[str, float]:
-    """Layer name -> learned step ``s`` (= quantization bin width, paper Figure 1)."""
-    return {name: float(q.step.detach()) for name, q in quantizers(model).items()}
+    @staticmethod
+    def forward(s: Tensor, g: float) -> Tensor:
+        return s.clone()
 
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.g = inputs[1]
 
-STEP_KEY_SUFFIX: Final = ".parametrizations.weight.0.step"
-"""How a quantized layer's step is named in a state dict (``<layer>`` + suffix)."""
-
-
-def step_sizes_of_state(state_dict: Mapping[str, Tensor]) -> dict[str, float]:
-    """Layer name -> learned step, read from a saved state dict without building the model.
-
-    Layers come in state-dict order, which is definition order; equals :func:`step_sizes` of the model.
-    """
-    return {
-        key.removesuffix(STEP_KEY_SUFFIX): float(value)
-        for key, value in state_dict.items()
-        if key.endswith(STEP_KEY_SUFFIX)
-    }
-
-
-def step_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learned steps of ``model`` (for optimizer parameter groups)."""
-    return [q.step for q in quantizers(model).values()]
-
-
-@torch.no_grad()
-def clamp_steps_(steps: list[nn.Parameter], minimum: float = STEP_MIN) -> None:
-    """Keep every learned step ``s >= minimum`` (LSQ needs s > 0); call after each optimizer step with
-    ``step_parameters(model)``, collected once outside the training loop."""
-    for step in steps:
-        step.clamp_(min=minimum)
-
-
-def latent_weight(module: nn.Module) -> Tensor:
-    """The float weight a layer learns: the parametrization's original if quantized, else ``weight``."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.g, None
