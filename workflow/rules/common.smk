@@ -39,7 +39,8 @@ try:
     )
 except QgenError as error:
     raise WorkflowError(str(error)) from None
-validate(config, schema=SCHEMA)
+# Fills in every default the schema gives (its `default:` values are their only home in the workflow).
+validate(config, schema=SCHEMA, set_default=True)
 
 RUNS = {run.run_id: run for run in expand_runs(config)}
 EXPERIMENTS = experiments_by_name(config)
@@ -75,7 +76,7 @@ wildcard_constraints:
 
 def dataset_root(dataset):
     """Where a dataset lives: an explicit `data_roots` entry, else data/<dataset>."""
-    return config.get("data_roots", {}).get(dataset, f"data/{dataset}")
+    return config["data_roots"].get(dataset, f"data/{dataset}")
 
 
 def download_root(wildcards):
@@ -153,7 +154,7 @@ def table_summary(wildcards):
 
 
 def measure_settings(wildcards):
-    return json.dumps(config.get("measures", {}))
+    return json.dumps(config["measures"])
 
 
 def repo_path(*parts):
@@ -175,7 +176,7 @@ def all_run_metrics():
 
 
 # Corruption robustness (Tables 4-6): where each dataset's corrupted test set lives and how it is made.
-CORRUPTION_DATA = config.get("corruptions", {}).get("data", {})
+CORRUPTION_DATA = config["corruptions"]["data"]
 
 
 def corruption_setting(dataset):
@@ -214,7 +215,7 @@ def run_corruption_setting(wildcards):
 
 
 def corruption_seed(wildcards):
-    return corruption_setting(wildcards.dataset).get("seed", 0)
+    return corruption_setting(wildcards.dataset)["seed"]
 
 
 def corruption_subset(wildcards):
@@ -224,11 +225,11 @@ def corruption_subset(wildcards):
 
 
 def corruption_batch_size(wildcards):
-    return config.get("corruptions", {}).get("batch_size", 500)
+    return config["corruptions"]["batch_size"]
 
 
 # Figures (paper Figures 1-2) and the reproduction report.
-FIGURE_CONFIG = config.get("figures", {})
+FIGURE_CONFIG = config["figures"]
 # The paper tables the report compares with our summaries (those configured in `tables`).
 REPORT_SOURCES = [
     name for name in ("table1", "table2", "table3", "table4") if name in TABLES
@@ -240,12 +241,12 @@ def figure2_surfaces(wildcards):
 
 
 def figure2_options(wildcards):
-    zmax = FIGURE_CONFIG["figure2"].get("zmax")
+    zmax = FIGURE_CONFIG["figure2"]["zmax"]
     return "" if zmax is None else f"--zmax {zmax}"
 
 
 def landscape_settings(wildcards):
-    return json.dumps(FIGURE_CONFIG["figure2"].get("surface", {}))
+    return json.dumps(FIGURE_CONFIG["figure2"]["surface"])
 
 
 def paper_figures():
@@ -291,10 +292,8 @@ DATA_PARALLEL_DATASETS = ("imagenet",)
 # A profile may pack small runs: `train_pack_size: N`, `train_pack_models: [nin]` trains N runs
 # concurrently in one job (rule train_pack); each run's outputs are then copied out by rule unpack_run.
 PACKS = (
-    pack_runs(
-        RUNS.values(), config["train_pack_size"], config.get("train_pack_models", [])
-    )
-    if config.get("train_pack_size", 1) > 1
+    pack_runs(RUNS.values(), config["train_pack_size"], config["train_pack_models"])
+    if config["train_pack_size"] > 1
     else {}
 )
 PACK_OF = {run.run_id: name for name, members in PACKS.items() for run in members}
@@ -361,7 +360,7 @@ def require_results(runs, file, target):
     `snakemake paper_tables/table1.tex` only renders results that exist, unless `allow_training` is set.
     Dry runs and cluster submissions are never refused.
     """
-    if workflow.non_local_exec_or_dryrun or config.get("allow_training", False):
+    if workflow.non_local_exec_or_dryrun or config["allow_training"]:
         return
     missing = [
         r.run_id for r in runs if not os.path.exists(f"results/runs/{r.run_id}/{file}")
