@@ -75,6 +75,7 @@ __all__ = [
     "step_parameters",
     "step_sizes",
     "step_sizes_of_state",
+    "weight_quantizer",
 ]
 
 STEP_MIN: Final = 1e-8

@@ -160,14 +160,21 @@ class QuantizedLayer(nn.Module):
     input_quantizer: ActivationQuantizer | None
 
     def forward(self, x: Tensor) -> Tensor:
-        if computes_on_codes(x) and (weight := weight_quantizer(self)) is not None:
-            return self._forward_on_codes(x, weight)
+        if computes_on_codes(x) and weight_quantizer(self) is not None:
+            return self.forward_on_codes(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         return super().forward(x)
 
-    def _forward_on_codes(self, x: Tensor, quantizer: LSQWeightQuantizer) -> Tensor:
-        """``s_x s_w layer(x_bar, w_bar) + beta s_w rowsum(w_bar) + b``, the scaling and sums in float32."""
+    def forward_on_codes(self, x: Tensor) -> Tensor:
+        """``s_x s_w layer(x_bar, w_bar) + beta s_w rowsum(w_bar) + b``, scaled and summed in float32.
+
+        The forward under autocast (:meth:`forward`); in float32 or float64 it equals the fake-quantized
+        forward up to rounding, with the same (LSQ) gradients. Needs a quantized weight.
+        """
+        quantizer = weight_quantizer(self)
+        if quantizer is None:
+            raise QgenError(f"{type(self).__name__} has no quantized weight to compute on codes")
         w_bar, scale = quantizer.codes(self.parametrizations.weight.original)
         offset_term = None
         if self.input_quantizer is not None:
@@ -176,7 +183,7 @@ class QuantizedLayer(nn.Module):
             if self.input_quantizer.offset is not None:  # Linear only (quantize_layer)
                 offset_term = self.input_quantizer.offset * s_w * w_bar.sum(1)
         y = F.linear(x, w_bar) if isinstance(self, nn.Linear) else self._conv_forward(x, w_bar, None)
-        out = y.float() * scale
+        out = y.to(torch.promote_types(y.dtype, torch.float32)) * scale
         if offset_term is not None:
             out = out + offset_term
         if self.bias is not None:
