@@ -128,7 +128,7 @@ def test_metrics_record_the_selected_epoch_and_the_run(finished: tuple[Path, dic
     losses = [h["loss"] for h in metrics["history"]]
     assert metrics["status"] == "ok" and len(losses) == SPEC.epochs
     assert metrics["selected_epoch"] == 1 + losses.index(min(losses))
-    assert metrics["spec"] == dataclasses.asdict(SPEC)
+    assert metrics["spec"] == SPEC.to_dict()
     assert metrics["generalization_gap"] == pytest.approx(metrics["test"]["loss"] - metrics["train"]["loss"])
     assert {"torch", "torchvision", "qgen", "python"} <= set(metrics["versions"])
     assert metrics["device"] == "cpu" and metrics["wall_time_s"] > 0
