@@ -66,7 +66,7 @@ def test_transcribed_table4_is_3_models_15_corruptions_5_severities_4_precisions
         ("table1", "CIFAR-10", "NiN", "int2", "gap", "", "0.224"),
         ("table1", "ImageNet-1K", "ResNet-18", "fp32", "train_acc", "", "69.96"),
         ("table2", "CIFAR-10", "ResNet-50", "int4", "weight_norm", "", "238.117"),
-        ("table3", "ImageNet-1K", "DeiT-T", "int2", "sharpness.mag.orig", "", "33.763"),
+        ("table3", "ImageNet-1K", "DeiT-T", "w2a2", "sharpness.mag.orig", "", "33.763"),
         ("table4", "ImageNet-1K", "MobileNet-V2", "int8", "gap", "brightness, severity 1", "0.05"),
         ("table4", "ImageNet-1K", "ResNet-50", "int2", "gap", "jpeg_compression, severity 5", "2.228"),
     ],

@@ -27,7 +27,7 @@ import jinja2
 import yaml
 
 from qgen.errors import QgenError
-from qgen.vocab import MEASURES, PRECISION_LABELS
+from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS
 
 Status = Literal["PASS", "FAIL", "NOT RUN"]
 PASS: Status = "PASS"
@@ -118,7 +118,7 @@ def read_paper_table(path: Path | str) -> list[PaperCell]:
         rows = list(reader)
     cells = []
     for line, row in enumerate(rows, 2):
-        if row["precision"] not in ORDER or row["table"] not in SOURCES:
+        if row["precision"] not in PRECISIONS or row["table"] not in SOURCES:
             raise QgenError(
                 f"{path}:{line}: unknown table {row['table']!r} or precision {row['precision']!r}"
             )
