@@ -657,6 +657,23 @@ def test_stacked_copies_of_a_wa_model_run_under_vmap_like_a_loop() -> None:
     torch.testing.assert_close(batched, looped)
 
 
+@pytest.mark.parametrize("precision", ["int4", "w4a4"])
+def test_quantized_models_trace_into_one_graph_for_torch_compile(precision: str) -> None:
+    """TorchDynamo traces a quantized NiN without a graph break (it breaks on a Function defining ``jvp``,
+    so the forward-mode op is used in eager mode only), under bfloat16 autocast too."""
+    import torch._dynamo
+
+    from qgen.runs import build_model
+
+    from helpers import tiny_spec
+
+    model = build_model(tiny_spec(precision=precision))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch._dynamo.explain(model)(x).graph_break_count == 0
+
+
 def test_forward_mode_is_the_transpose_of_reverse_mode_for_the_fused_op() -> None:
     """u . (J t) by jvp equals (J^T u) . t by vjp, inside and beyond the clip range, in both inputs; where
     every element is clipped the op is differentiable and gradcheck checks forward mode too."""
@@ -667,7 +684,7 @@ def test_forward_mode_is_the_transpose_of_reverse_mode_for_the_fused_op() -> Non
     s = torch.tensor(0.3, dtype=torch.float64)
 
     def f(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return quant.LSQFakeQuant.apply(x, s, lower, upper, 0.1)
+        return quant.LSQFakeQuantJvp.apply(x, s, lower, upper, 0.1)
 
     generator = torch.Generator().manual_seed(1)
     t_x, t_s = (
@@ -680,7 +697,7 @@ def test_forward_mode_is_the_transpose_of_reverse_mode_for_the_fused_op() -> Non
     g_x, g_s = pullback(u)
     assert float(u @ forward) == pytest.approx(float(g_x @ t_x + g_s * t_s), rel=1e-12)
     clipped = torch.tensor([-3.0, -1.0, 16.0, 20.0], dtype=torch.float64) * 0.3
-    unscaled = lambda x, s: quant.LSQFakeQuant.apply(x, s, lower, upper, 1.0)  # noqa: E731
+    unscaled = lambda x, s: quant.LSQFakeQuantJvp.apply(x, s, lower, upper, 1.0)  # noqa: E731
     assert torch.autograd.gradcheck(
         unscaled, (clipped.requires_grad_(True), s.requires_grad_(True)), check_forward_ad=True
     )

@@ -41,7 +41,16 @@ from qgen.quant.layers import (
     quantized_matmul,
     weight_quantizer,
 )
-from qgen.quant.ops import GradScale, LSQCodes, LSQFakeQuant, initial_step, level_bounds, lsq_fake_quant
+from qgen.quant.ops import (
+    GradScale,
+    LSQCodes,
+    LSQFakeQuant,
+    LSQFakeQuantJvp,
+    fake_quant,
+    initial_step,
+    level_bounds,
+    lsq_fake_quant,
+)
 from qgen.vocab import ACTIVATION_BITS, PRECISIONS
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "GradScale",
     "LSQCodes",
     "LSQFakeQuant",
+    "LSQFakeQuantJvp",
     "LSQWeightQuantizer",
     "QuantizedLayer",
     "activation_bits_of",
@@ -61,6 +71,7 @@ __all__ = [
     "calibrate_activations",
     "clamp_steps_",
     "computes_on_codes",
+    "fake_quant",
     "initial_step",
     "input_signs",
     "latent_weight",

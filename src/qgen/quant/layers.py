@@ -43,7 +43,7 @@ from qgen.errors import QgenError
 from qgen.quant.ops import (
     GradScale,
     LSQCodes,
-    LSQFakeQuant,
+    fake_quant,
     gradient_scale,
     initial_step,
     level_bounds,
@@ -102,9 +102,7 @@ class ActivationQuantizer(nn.Module):
         return x if self.offset is None else x - self.offset
 
     def forward(self, x: Tensor) -> Tensor:
-        x_hat = LSQFakeQuant.apply(
-            self._shifted(x), self.step, self.lower, self.upper, self._gradient_scale(x)
-        )
+        x_hat = fake_quant(self._shifted(x), self.step, self.lower, self.upper, self._gradient_scale(x))
         return x_hat if self.offset is None else x_hat + self.offset
 
     def codes(self, x: Tensor) -> tuple[Tensor, Tensor]:

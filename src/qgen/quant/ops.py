@@ -81,10 +81,11 @@ class LSQFakeQuant(torch.autograd.Function):
     lives anyway) and recomputes ``v``. The same op serves a weight quantizer (signed range, ``N`` =
     weights of the layer) and an activation quantizer (``lower = 0`` for unsigned data, ``N`` = features).
     ``s`` is a scalar or broadcasts to ``x`` (its gradient is summed to its shape). Runs under
-    ``torch.func`` transforms (``vmap`` of ``functional_call``, ``grad``, ``jvp``) through the generated
-    vmap rule and :meth:`jvp` (the transpose of the backward, so forward and reverse mode agree); every op
-    used has a batching rule. The backward is itself differentiable (double backward, for the Hessian of
-    a network whose activations stay quantized).
+    ``torch.func`` transforms (``vmap`` of ``functional_call``, ``grad``) through the generated vmap rule;
+    every op used has a batching rule. The backward is itself differentiable (double backward, for the
+    Hessian of a network whose activations stay quantized). Forward mode (``torch.func.jvp``) is
+    :class:`LSQFakeQuantJvp`'s: TorchDynamo does not trace a Function that defines ``jvp``
+    (:func:`fake_quant` picks).
     """
 
     generate_vmap_rule = True
@@ -99,7 +100,6 @@ class LSQFakeQuant(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         x, s, lower, upper, grad_scale = inputs
         ctx.save_for_backward(x, s)
-        ctx.save_for_forward(x, s)
         ctx.lower, ctx.upper, ctx.grad_scale = lower, upper, grad_scale
 
     @staticmethod
@@ -111,6 +111,16 @@ class LSQFakeQuant(torch.autograd.Function):
         grad_s = (d_s * grad_out).sum_to_size(s.shape) * ctx.grad_scale
         return grad_x, grad_s, None, None, None
 
+
+class LSQFakeQuantJvp(LSQFakeQuant):
+    """:class:`LSQFakeQuant` with forward-mode differentiation: the tangent ``inside(x_t) + g d s_t`` is
+    the transpose of the backward, so ``torch.func.jvp`` and ``vjp`` agree (``R(Δ)`` of a W/A model)."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        LSQFakeQuant.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:2])
+
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor | None, s_t: Tensor | None, *_: Any) -> Tensor:
         x, s = ctx.saved_tensors
@@ -119,6 +129,13 @@ class LSQFakeQuant(torch.autograd.Function):
         if s_t is not None:
             out = out + _step_derivative(v, ctx.lower, ctx.upper) * (s_t * ctx.grad_scale)
         return out
+
+
+def fake_quant(x: Tensor, s: Tensor, lower: int, upper: int, grad_scale: float) -> Tensor:
+    """``LSQFakeQuant.apply``, or the forward-mode variant outside ``torch.compile`` (which graph-breaks on a
+    Function with ``jvp``, and never needs one while training)."""
+    op = LSQFakeQuant if torch.compiler.is_compiling() else LSQFakeQuantJvp
+    return op.apply(x, s, lower, upper, grad_scale)
 
 
 def _step_derivative(v: Tensor, lower: int, upper: int) -> Tensor:
@@ -148,7 +165,7 @@ def lsq_fake_quant(w: Tensor, s: Tensor, bits: int) -> Tensor:
     as in LSQ's eq. 3. One fused node, :class:`LSQFakeQuant`. ``s`` must be positive (a scalar tensor).
     """
     q_n, q_p = level_bounds(bits)
-    return LSQFakeQuant.apply(w, s, q_n, q_p, gradient_scale(w.numel(), q_p))
+    return fake_quant(w, s, q_n, q_p, gradient_scale(w.numel(), q_p))
 
 
 class LSQCodes(torch.autograd.Function):
