@@ -674,6 +674,7 @@ def test_quantized_models_trace_into_one_graph_for_torch_compile(precision: str)
         assert torch._dynamo.explain(model)(x).graph_break_count == 0
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside gradcheck
 def test_forward_mode_is_the_transpose_of_reverse_mode_for_the_fused_op() -> None:
     """u . (J t) by jvp equals (J^T u) . t by vjp, inside and beyond the clip range, in both inputs; where
     every element is clipped the op is differentiable and gradcheck checks forward mode too."""

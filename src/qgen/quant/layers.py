@@ -18,9 +18,11 @@ class, which owns its forward pass:
 - in float32 (no autocast) it quantizes the input, if it has an input quantizer, and runs the layer's own
   forward on ``w_hat``: exactly what the parametrized layer computed before activations were quantized;
 - under autocast (:func:`computes_on_codes`) it computes on the integer codes, ``y = s_x s_w conv(x_bar,
-  w_bar) + b``: bfloat16 represents every code with ``|q| <= 256`` exactly, and a matrix product of
-  codes accumulates exact integer sums in float32, so the quantization grid stays exact; ``conv(x, q s)``
-  would round ``q s`` to bfloat16's 8 significant bits instead. Scales and bias are applied in float32 and
+  w_bar) + b``: bfloat16 represents every code with ``|q| <= 256`` exactly, and the product of codes
+  accumulates in float32, exactly while partial sums stay below ``2^24`` (always at 4 bits for these
+  models; at 8 bits beyond that the accumulator rounds by ``2^-24``, far below the output's bfloat16
+  rounding), so the weights and inputs are those of the quantization grid; ``conv(x, q s)`` would round
+  ``q s`` to bfloat16's 8 significant bits instead. Scales, offset and bias are applied in float32 and
   the result is cast to the autocast dtype, as an autocast layer returns it. The gradients are LSQ's
   (:class:`~qgen.quant.ops.LSQCodes`, :class:`~qgen.quant.ops.GradScale`).
 
@@ -143,7 +145,7 @@ def quantized_matmul(
     if codes and computes_on_codes(a):
         (a_bar, s_a), (b_bar, s_b) = qa.codes(a), qb.codes(b)
         product = a_bar @ b_bar
-        return (product.float() * (s_a * s_b)).to(product.dtype)
+        return (_at_least_float32(product) * (s_a * s_b)).to(product.dtype)
     return (a if qa is None else qa(a)) @ (b if qb is None else qb(b))
 
 
@@ -181,7 +183,7 @@ class QuantizedLayer(nn.Module):
             if self.input_quantizer.offset is not None:  # Linear only (quantize_layer)
                 offset_term = self.input_quantizer.offset * s_w * w_bar.sum(1)
         y = F.linear(x, w_bar) if isinstance(self, nn.Linear) else self._conv_forward(x, w_bar, None)
-        out = y.to(torch.promote_types(y.dtype, torch.float32)) * scale
+        out = _at_least_float32(y) * scale
         if offset_term is not None:
             out = out + offset_term
         if self.bias is not None:
@@ -189,6 +191,11 @@ class QuantizedLayer(nn.Module):
                 self.bias if isinstance(self, nn.Linear) else self.bias.view(-1, *[1] * (y.dim() - 2))
             )
         return out.to(y.dtype)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32, or as it is when it is wider (float64 tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 @functools.cache
