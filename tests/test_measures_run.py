@@ -18,12 +18,12 @@ from qgen.measures.run import measure_run, measured_network
 from qgen.norms import weight_vector
 from qgen.runs import load_run
 
-from helpers import compile_latex, tiny_spec, train_tiny
+from helpers import tiny_spec, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = tiny_spec(precision="int4", epochs=3, milestones=[2], n_train=300)
 SETTINGS = {"depth": 4, "samples": 2, "ascent_steps": 2, "ascent_batch": 16}
-OPTIONS = {"eval_subset": 200, "curvature_iters": 3, "curvature_samples": 2}
+OPTIONS = {"eval_subset": 200, "curvature_iters": 3, "curvature_samples": 2, "regularizer_samples": 3}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,33 @@ def test_measure_record(run_dir: Path, tmp_path: Path) -> None:
         record["curvature"]["trace"]["samples"] == 2
         and record["curvature"]["top_eigenvalue"]["iterations"] <= 3
     )
+    realized = record["regularizer"]["realized"]
+    assert (
+        realized["value"] > 0
+        and realized["expected"]["samples"] == 3
+        and realized["direction"] == "w_hat - w"
+    )
+    assert realized["samples"] == 200  # the evaluation subset
     files.write_json(tmp_path / "measures.json", record)
     assert files.read_json(tmp_path / "measures.json")["normalized"] == record["normalized"]
+
+
+def test_an_fp32_run_has_no_realized_noise_and_the_regularizer_each_width_would_add(tmp_path: Path) -> None:
+    fp32 = dataclasses.replace(SPEC, precision="fp32")
+    run_dir = train_tiny(fp32, tmp_path)
+    record = measure_run(
+        run_dir, fp32, run_dir.parent / "data", SETTINGS | OPTIONS | {"curvature": False}, device="cpu"
+    )
+    regularizer = record["regularizer"]
+    assert regularizer["realized"] == {"value": 0.0}
+    widths = regularizer["initial_step"]
+    assert list(widths) == ["8", "4", "2"]
+    # LSQ's initial step is 2 mean|w| / sqrt(Q_P) in every layer, and one seed draws the same noise shape:
+    # the expected R scales as 1 / Q_P (127, 7, 1).
+    assert widths["4"]["expected"]["value"] / widths["8"]["expected"]["value"] == pytest.approx(
+        127 / 7, rel=1e-6
+    )
+    assert widths["2"]["expected"]["value"] / widths["4"]["expected"]["value"] == pytest.approx(7, rel=1e-6)
 
 
 def test_diverged_run_is_recorded_without_values(run_dir: Path, tmp_path: Path) -> None:
@@ -110,38 +135,3 @@ def test_a_run_of_another_spec_is_refused_naming_the_file_and_keys(run_dir: Path
     files.write_json(copied / "metrics.json", other_metrics)
     with pytest.raises(ProvenanceError, match=r"model.pt was made from another run spec .*digest"):
         measure_run(copied, other, run_dir.parent / "data", SETTINGS, device="cpu")
-
-
-def fake_measures(precision: str, scale: float, saturated: bool) -> dict:
-    spec = dataclasses.replace(SPEC, precision=precision)
-    searches = {
-        k: {"saturated": "upper" if saturated and k == "alpha" else None}
-        for k in ("sigma", "sigma_mag", "alpha", "alpha_mag")
-    }
-    normalized = {name: scale * (i + 1) for i, name in enumerate(tables.MEASURE_NAMES)}
-    return {
-        "spec": json.loads(spec.to_json()),
-        "status": "ok",
-        "normalized": normalized,
-        "searches": searches,
-    }
-
-
-def test_table3_marks_the_lowest_value_and_saturated_searches(tmp_path: Path) -> None:
-    results = [
-        fake_measures("fp32", 1.0, True),
-        fake_measures("int8", 0.5, False),
-        fake_measures("int2", 2.0, False),
-    ]
-    rows = [{"experiment": "nin_digits", "model": "NiN (2x1)", "where": {}}]
-    table = tables.table("table3")
-    files.write_csv(tmp_path / "t3.csv", table.summarize(results, rows))
-    tex = tables.render(
-        ROOT / "workflow/templates/table3.tex.j2", table.context(files.read_csv(tmp_path / "t3.csv"))
-    )
-    lines = {p: next(x for x in tex.splitlines() if f"& {p} &" in x) for p in ("FP32", "Int8", "Int2")}
-    assert lines["Int8"].count(r"\rule") == 8 and r"\rule" not in lines["FP32"] + lines["Int2"]
-    assert lines["FP32"].count(r"$^\dagger$") == 2
-    assert "0.500" in lines["Int8"] and "16.000" in lines["Int2"]
-    if shutil.which("pdflatex"):
-        compile_latex(tex, tmp_path)

@@ -7,7 +7,7 @@ The paper quantizes each targeted layer's weight tensor ``w`` with a learned ste
 
 with LSQ's straight-through gradients and gradient scale (:mod:`qgen.quant.ops`, one fused node per
 quantizer). A precision (:data:`qgen.vocab.PRECISION_FACTS`) names the bit widths: ``int8/int4/int2``
-quantize weights only, as the paper; ``w8a8/w4a4/w3a3/w2a2`` quantize the inputs of the quantized layers
+quantize weights only, as the paper; ``w8a8/w4a4/w2a2`` quantize the inputs of the quantized layers
 too, LSQ's convention (unsigned after a ReLU, signed otherwise; :mod:`qgen.quant.layers`).
 
 :func:`quantize_model` applies LSQ's layer policy: every conv/linear layer but the first and the last
