@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -65,13 +67,28 @@ def test_paper_config_other_models(paper_config: dict) -> None:
         "deit_tiny_patch16_224",
         "swin_tiny_patch4_window7_224",
     }
+    cnns = [r for r in imagenet if r.quant_policy == "lsq"]
+    assert {r.model for r in cnns} == {"resnet18", "resnet50", "mobilenet_v2"}
     assert all(
         r.model_args == {"pretrained": True}
         and r.lr == 0.01
         and r.milestones == [30, 60, 90]
         and r.epochs == 120
-        for r in imagenet
+        and not r.distill
+        and r.obr_weight == 0
+        for r in cnns
     )
+    # The vision transformers with VVTQ's recipe, at the W/A bit widths of its runs.
+    vits = [r for r in imagenet if r.quant_policy == "vvtq"]
+    assert {r.model for r in vits} == {"deit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}
+    assert all(
+        r.model_args == {"pretrained": True}
+        and r.distill
+        and r.obr_weight == 0.01
+        and (r.optimizer, r.lr, r.epochs, r.batch_size) == ("adam", 5e-4, 150, 1024)
+        for r in vits
+    )
+    assert sorted(r.precision for r in vits) == sorted(["fp32", "w8a8", "w4a4", "w2a2"] * 2)
     cifar_resnets = [r for r in others if r.model.startswith("resnet") and r.dataset != "imagenet"]
     assert len(cifar_resnets) == 16
     assert all(r.lr == 0.1 and r.epochs == 200 and r.milestones == [80, 160] for r in cifar_resnets)
@@ -244,6 +261,58 @@ def test_every_setting_that_can_change_the_weights_changes_the_digest(change: di
     run = expand_runs(small_config())[0]
     changed = RunSpec.from_dict(run.to_dict() | change)
     assert changed.run_id == run.run_id and changed.digest != run.digest
+
+
+def test_specs_at_the_default_quantization_keep_their_dict_and_digest() -> None:
+    """quant_policy, obr_weight and distill came after runs were made: at their defaults they are not in
+    the spec's dict, so its digest is that of the dict without them (recomputed here)."""
+    run = expand_runs(small_config())[0]
+    later = {"quant_policy", "obr_weight", "distill"}
+    assert not later & set(run.to_dict())
+    older = {k: v for k, v in dataclasses.asdict(run).items() if k not in later}
+    assert run.to_dict() == older and run.digest == digest_of(older)
+    assert RunSpec.from_dict(older) == run
+    for change in ({"quant_policy": "lsq"}, {"obr_weight": 0}, {"distill": False}):
+        assert RunSpec.from_dict(older | change).digest == run.digest
+
+
+@pytest.mark.parametrize("change", [{"precision": "w4a4"}, {"obr_weight": 0.01}])
+def test_activation_bits_and_the_regularizer_change_the_digest(change: dict) -> None:
+    run = expand_runs(small_config())[0]
+    changed = RunSpec.from_dict(run.to_dict() | change)
+    assert changed.digest != run.digest and set(change) <= set(changed.to_dict())
+
+
+def test_an_experiments_quantization_overrides_the_configs_key_by_key() -> None:
+    config = small_config(quantization={"quantize_first_last": True, "step_weight_decay": True})
+    config["experiments"][0]["quantization"] = {"quantize_first_last": False, "obr_weight": 0.01}
+    runs = expand_runs(config)
+    nin = {(r.quantize_first_last, r.step_weight_decay, r.obr_weight) for r in runs if r.model == "nin"}
+    resnet = {(r.quantize_first_last, r.step_weight_decay, r.obr_weight) for r in runs if r.model != "nin"}
+    assert nin == {(False, True, 0.01)} and resnet == {(True, True, 0.0)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"precision": "w5a5"}, r"unknown precision 'w5a5'; expected one of \['fp32', 'int8'"),
+        (
+            {"quant_policy": "vvtq"},
+            r"the vvtq policy knows the vision transformers .* not 'nin'; use policy lsq",
+        ),
+        ({"quant_policy": "brevitas"}, r"quantization policy 'brevitas' is not one of \['lsq', 'vvtq'\]"),
+        (
+            {"distill": True},
+            r"distill needs a teacher with published ImageNet-1k weights .* not 'nin' on 'digits'",
+        ),
+        ({"obr_weight": -0.1}, "obr_weight must be >= 0"),
+    ],
+)
+def test_impossible_quantization_settings_are_refused_naming_the_run(change: dict, message: str) -> None:
+    run = expand_runs(small_config())[0]
+    run_id = re.escape(f"{run.experiment}/{change.get('precision', run.precision)}/{run.point}")
+    with pytest.raises(ValueError, match=rf"run {run_id}: {message}"):
+        RunSpec.from_dict(run.to_dict() | change)
 
 
 def test_code_version_enters_every_spec() -> None:

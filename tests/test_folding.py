@@ -21,7 +21,7 @@ from qgen.folding import (
     with_identity_batchnorm,
 )
 from qgen.models import create_model
-from qgen.quant import latent_weight, quantize_model
+from qgen.quant import activation_quantizers, calibrate_activations, latent_weight, quantize_model
 
 
 @torch.no_grad()
@@ -344,3 +344,28 @@ def test_folding_is_done_in_float64_then_rounded_once() -> None:
         conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
     )
     assert not torch.equal(single, exact)  # float32 fusion rounds twice
+
+
+def test_activation_quantizers_survive_materialization_and_folding_and_stay_active() -> None:
+    """A w4a4 ResNet: materialized, the same function bit for bit with every input quantizer in place; folded,
+    each quantized layer still reads at most 2^4 values, and the function is that of the quantized model up
+    to the rare input whose rounding the folded weights' float32 rounding flips."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm_(create_model("resnet18_cifar", num_classes=10, base_width=4)).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model = quantize_model(model, 4, activation_bits=4, example=x[:1])
+    calibrate_activations(model, x)
+    plain = materialize_weights(model)
+    assert parametrized_names(plain) == [] and list(activation_quantizers(plain)) == list(
+        activation_quantizers(model)
+    )
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+    folded = fold_batchnorm(plain)
+    assert len(folded_pairs(plain)) == len(batchnorm_names(model)) == 20  # every conv-BN pair, as unquantized
+    inputs: dict[str, Tensor] = {}
+    for name, q in activation_quantizers(folded).items():
+        q.register_forward_hook(lambda mod, args, out, name=name: inputs.setdefault(name, out))
+    assert_same_function(folded, model, x)
+    assert len(inputs) == len(activation_quantizers(model)) > 0
+    assert all(len(torch.unique(v)) <= 16 for v in inputs.values())

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qgen import data
+from qgen import data, quant
 from qgen.folding import fold_batchnorm
 from qgen.measures import bounds, flatness
 from qgen.measures.flatness import FlatnessSearch, MeasureSettings, flatness_measures
@@ -87,6 +87,25 @@ def test_batched_copies_equal_one_copy_at_a_time(trained) -> None:
         assert batched[k].item() == pytest.approx(plain_accuracy(model, names, one_copy, evalset))
         single = evaluator.accuracy({n: d[k : k + 1] for n, d in deltas.items()})
         assert single.shape == (1,) and single.item() == pytest.approx(batched[k].item())
+
+
+def test_searches_on_a_wa_network_perturb_weights_with_activations_still_quantized(trained) -> None:
+    """The measured network of a w4a4 NiN (weights materialized, BN folded, the identity BNs back) keeps
+    its input quantizers: no step is perturbed, and stacked copies equal one perturbed copy at a time."""
+    _, _, evalset = trained
+    model = build_model(dataclasses.replace(SPEC, precision="w4a4")).eval()
+    quant.calibrate_activations(model, evalset.images[:64])
+    network = perturbed_network(measured_network(model, "quantized"), "reference")
+    assert len(quant.activation_quantizers(network)) == len(quant.activation_quantizers(model)) == 5
+    names = perturbed_names(network, "reference")
+    assert not any(n.endswith(".step") for n in names) and "blocks.0.conv2.weight" in names
+    evaluator = PerturbedEvaluator(network, evalset, names)
+    gen = torch.Generator().manual_seed(0)
+    deltas = {n: 0.02 * torch.randn((2, *evaluator.base[n].shape), generator=gen) for n in names}
+    batched = evaluator.accuracy(deltas)
+    for k in range(2):
+        one_copy = {n: d[k] for n, d in deltas.items()}
+        assert batched[k].item() == pytest.approx(plain_accuracy(network, names, one_copy, evalset))
 
 
 def test_perturbed_sets() -> None:

@@ -11,7 +11,7 @@ import pytest
 from qgen import tables
 from qgen.corruptions import CORRUPTIONS
 from qgen.report.paper import PaperCell, read_paper_table, table1_arithmetic
-from qgen.vocab import PRECISIONS
+from qgen.vocab import PAPER_PRECISIONS
 
 PAPER = Path(__file__).resolve().parents[1] / "workflow" / "resources" / "paper"
 
@@ -42,7 +42,9 @@ def test_transcribed_table4_is_3_models_15_corruptions_5_severities_4_precisions
         rows = list(csv.DictReader(fh))
     combos = {(r["model"], r["corruption"], int(r["severity"]), r["precision"]) for r in rows}
     expected = set(
-        itertools.product(("ResNet-18", "MobileNet-V2", "ResNet-50"), CORRUPTIONS, range(1, 6), PRECISIONS)
+        itertools.product(
+            ("ResNet-18", "MobileNet-V2", "ResNet-50"), CORRUPTIONS, range(1, 6), PAPER_PRECISIONS
+        )
     )
     assert len(rows) == 900 and combos == expected
     assert {r["quantity"] for r in rows} == {"gap"} and {r["dataset"] for r in rows} == {"ImageNet-1K"}
@@ -54,7 +56,7 @@ def test_transcribed_table4_is_3_models_15_corruptions_5_severities_4_precisions
         ("table1", "CIFAR-10", "NiN", "int2", "gap", "", "0.224"),
         ("table1", "ImageNet-1K", "ResNet-18", "fp32", "train_acc", "", "69.96"),
         ("table2", "CIFAR-10", "ResNet-50", "int4", "weight_norm", "", "238.117"),
-        ("table3", "ImageNet-1K", "DeiT-T", "int2", "sharpness.mag.orig", "", "33.763"),
+        ("table3", "ImageNet-1K", "DeiT-T", "w2a2", "sharpness.mag.orig", "", "33.763"),
         ("table4", "ImageNet-1K", "MobileNet-V2", "int8", "gap", "brightness, severity 1", "0.05"),
         ("table4", "ImageNet-1K", "ResNet-50", "int2", "gap", "jpeg_compression, severity 5", "2.228"),
     ],

@@ -13,7 +13,7 @@ from qgen.cli import main
 from qgen.corruptions import CORRUPTIONS
 from qgen.experiments import digest_of
 from qgen.report.render import _html_inline
-from qgen.vocab import PRECISIONS
+from qgen.vocab import PAPER_PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "workflow" / "resources" / "paper"
@@ -35,7 +35,7 @@ def write_summary(tmp_path: Path, name: str, rows: list[dict]) -> tuple[str, str
 def table1_rows(diverged: int = 0, gap_std: float = 0.01) -> list[dict]:
     """CIFAR-10 NiN, 243 runs per precision (``diverged`` of the Int2 ones diverged); gap 0.3, 0.2, 0.1, 0."""
     rows = []
-    for i, precision in enumerate(PRECISIONS):
+    for i, precision in enumerate(PAPER_PRECISIONS):
         row = {"experiment": "nin_cifar10", "dataset": "CIFAR-10", "model": "NiN", "precision": precision}
         row |= {"n_runs": 243, "n_diverged": diverged if precision == "int2" else 0}
         for q, v in (
@@ -62,7 +62,7 @@ def table5_rows() -> list[dict]:
         }
         | {"corruption": c, "severity": s, "n": 60, "source": "generated"}
         | {"test_loss": 1.0, "test_accuracy": 0.5, "train_loss": 0.9, "gap": 0.1 - (p != "fp32") * 0.01}
-        for p in PRECISIONS
+        for p in PAPER_PRECISIONS
         for c in CORRUPTIONS[:2]
         for s in (1, 2)
     ]

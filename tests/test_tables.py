@@ -13,7 +13,7 @@ from qgen import files, tables
 from qgen.corruptions import CORRUPTIONS, SEVERITIES
 from qgen.errors import QgenError
 from qgen.experiments import expand_runs
-from qgen.vocab import MEASURES, POPULATION_MEASURES, PRECISIONS, Measure
+from qgen.vocab import MEASURES, PAPER_PRECISIONS, POPULATION_MEASURES, PRECISIONS, Measure
 
 from helpers import compile_latex, requires_pdflatex, tiny_spec
 
@@ -456,7 +456,7 @@ def wide_records(name: str) -> list[dict]:
     base = [
         {"experiment": "e", "dataset": d, "model": m, "precision": p, "status": "ok"}
         for d, m in WIDE_MODELS
-        for p in PRECISIONS
+        for p in PAPER_PRECISIONS
     ]
     if name == "table1":
         wide = {"n_runs": 243, "n_diverged": 12}

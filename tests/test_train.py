@@ -128,7 +128,7 @@ def test_metrics_record_the_selected_epoch_and_the_run(finished: tuple[Path, dic
     losses = [h["loss"] for h in metrics["history"]]
     assert metrics["status"] == "ok" and len(losses) == SPEC.epochs
     assert metrics["selected_epoch"] == 1 + losses.index(min(losses))
-    assert metrics["spec"] == dataclasses.asdict(SPEC)
+    assert metrics["spec"] == SPEC.to_dict()
     assert metrics["generalization_gap"] == pytest.approx(metrics["test"]["loss"] - metrics["train"]["loss"])
     assert {"torch", "torchvision", "qgen", "python"} <= set(metrics["versions"])
     assert metrics["device"] == "cpu" and metrics["wall_time_s"] > 0
@@ -357,10 +357,10 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "reference" / "out"
 
 
-def start_and_wait_mid_epoch(tmp: Path) -> tuple[subprocess.Popen, Path]:
+def start_and_wait_mid_epoch(tmp: Path, spec: RunSpec = SHORT) -> tuple[subprocess.Popen, Path]:
     """A training subprocess checkpointing after every batch, once it is a few batches into epoch 2+."""
-    proc = cli_train(SHORT, tmp, "victim", "--checkpoint-minutes", "0.00001")
-    state = state_file(tmp, "victim", SHORT)
+    proc = cli_train(spec, tmp, "victim", "--checkpoint-minutes", "0.00001")
+    state = state_file(tmp, "victim", spec)
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         epoch, batch = saved_progress(state)
@@ -424,3 +424,25 @@ def test_checkpointer_is_due_on_its_timer() -> None:
     assert checkpointer.due()
     checkpointer.written()
     assert not checkpointer.due()
+
+
+@pytest.mark.slow  # two runs and a kill: about a minute on one loaded CPU core
+def test_a_wa_run_calibrates_on_a_fresh_start_only_and_resumes_to_the_same_result(tmp_path: Path) -> None:
+    """A w4a4 run sets its activation steps from the first batch when it starts afresh (init.pt keeps the
+    steps as built); killed inside an epoch, it resumes them from its state, to the same result."""
+    spec = dataclasses.replace(SHORT, precision="w4a4")
+    reference = cli_train(spec, tmp_path, "reference")
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+    victim, state = start_and_wait_mid_epoch(tmp_path, spec)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    assert saved_progress(state)[1] > 0, "the kill must land inside an epoch"
+    resumed = cli_train(spec, tmp_path, "victim")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "resuming after epoch" in log, log
+    assert_same_run(tmp_path / "reference" / "out", tmp_path / "victim" / "out")
+    init = torch.load(tmp_path / "reference" / "out" / "init.pt", weights_only=True)["state_dict"]
+    trained = torch.load(tmp_path / "reference" / "out" / "model.pt", weights_only=True)["state_dict"]
+    inputs = [k for k in init if k.endswith("input_quantizer.step")]
+    assert len(inputs) == len(quant.step_sizes_of_state(init)) > 0
+    assert all(init[k].item() == 1.0 != trained[k].item() for k in inputs)

@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from qgen.errors import QgenError
-from qgen.vocab import SUMMARIES, resolve_augmentation, resolve_model_args
+from qgen.vocab import (
+    MODEL_ARGUMENTS,
+    PRECISIONS,
+    QUANT_POLICIES,
+    SUMMARIES,
+    VVTQ_MODELS,
+    resolve_augmentation,
+    resolve_model_args,
+)
 
 RUN_SCHEMA_VERSION = 2
 DIGEST_DIRNAME_LENGTH = 16
@@ -48,6 +56,10 @@ def digest_of(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+OMITTED_AT_DEFAULT = ("quant_policy", "obr_weight", "distill")
+"""Spec fields added after runs were made: left out of a spec's dict (and digest) at their default."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines one training run; serialised into every file made from it.
@@ -57,6 +69,11 @@ class RunSpec:
     says exactly which network is trained; ``augment`` likewise becomes the dataset's default
     (:data:`qgen.vocab.DATASETS`) when not given. ``code_version`` is bumped by the user to retrain on
     purpose.
+
+    ``quant_policy``, ``obr_weight`` and ``distill`` (VVTQ's module policy, oscillation regularizer and
+    distillation from the full-precision teacher; :mod:`qgen.vvtq`, :mod:`qgen.objective`) came later:
+    at their defaults they are left out of :meth:`to_dict`, so the specs, files and digests of runs made
+    before them are unchanged.
     """
 
     experiment: str
@@ -81,19 +98,49 @@ class RunSpec:
     select_by: str = "epoch_loss"
     augment: str | None = None
     code_version: int = 1
+    quant_policy: str = "lsq"
+    obr_weight: float = 0.0
+    distill: bool = False
 
     def __post_init__(self) -> None:
+        where = f"run {self.run_id}"
         canonical = {
-            "model_args": resolve_model_args(self.model, self.model_args, f"run {self.run_id}"),
-            "augment": resolve_augmentation(self.dataset, self.augment, f"run {self.run_id}"),
+            "model_args": resolve_model_args(self.model, self.model_args, where),
+            "augment": resolve_augmentation(self.dataset, self.augment, where),
             "lr": float(self.lr),
             "weight_decay": float(self.weight_decay),
             "gamma": float(self.gamma),
             "momentum": float(self.momentum),
             "milestones": [int(m) for m in self.milestones],
+            "obr_weight": float(self.obr_weight),
         }
         for name, value in canonical.items():
             object.__setattr__(self, name, value)
+        self._check_quantization(where)
+
+    def _check_quantization(self, where: str) -> None:
+        """Refuse a precision, quantization policy or teacher the run cannot have, naming the remedy."""
+        if self.precision not in PRECISIONS:
+            raise QgenError(
+                f"{where}: unknown precision {self.precision!r}; expected one of {list(PRECISIONS)}"
+            )
+        if self.quant_policy not in QUANT_POLICIES:
+            raise QgenError(
+                f"{where}: quantization policy {self.quant_policy!r} is not one of {list(QUANT_POLICIES)}"
+            )
+        if self.quant_policy == "vvtq" and self.model not in VVTQ_MODELS:
+            raise QgenError(
+                f"{where}: the vvtq policy knows the vision transformers {list(VVTQ_MODELS)}, not "
+                f"{self.model!r}; use policy lsq for it"
+            )
+        if self.obr_weight < 0:
+            raise QgenError(f"{where}: obr_weight must be >= 0, got {self.obr_weight}")
+        takes_weights = any(a.name == "pretrained" for a in MODEL_ARGUMENTS[self.model])
+        if self.distill and not (takes_weights and self.dataset == "imagenet"):
+            raise QgenError(
+                f"{where}: distill needs a teacher with published ImageNet-1k weights (a model with a "
+                f"'pretrained' argument, trained on imagenet), not {self.model!r} on {self.dataset!r}"
+            )
 
     @property
     def run_id(self) -> str:
@@ -110,7 +157,12 @@ class RunSpec:
         return self.digest[:DIGEST_DIRNAME_LENGTH]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, except those of :data:`OMITTED_AT_DEFAULT` that hold their default."""
+        data = asdict(self)
+        for f in fields(self):
+            if f.name in OMITTED_AT_DEFAULT and data[f.name] == f.default:
+                del data[f.name]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -174,13 +226,14 @@ def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
     """All runs of ``config``: every experiment x grid point x precision, each spec fully resolved.
 
     Refuses duplicate experiment names and model arguments the model does not take (naming the
-    experiment, the argument and what the model accepts).
+    experiment, the argument and what the model accepts). An experiment's ``quantization`` block
+    overrides the config's key by key.
     """
     require_unique_names(config)
-    quant = config.get("quantization", {})
     common = {"code_version": config["code_version"]} if "code_version" in config else {}
     runs = []
     for index, exp in enumerate(config["experiments"]):
+        quant = {**config.get("quantization", {}), **exp.get("quantization", {})}
         optional = {k: exp[k] for k in OPTIONAL_EXPERIMENT_KEYS if k in exp}
         where = f"experiments[{index}] ({exp['name']}): model_args / grid.model"
         for point in grid_points(exp):
@@ -202,6 +255,9 @@ def expand_runs(config: Mapping[str, Any]) -> list[RunSpec]:
                         milestones=list(exp["milestones"]),
                         quantize_first_last=quant.get("quantize_first_last", False),
                         step_weight_decay=quant.get("step_weight_decay", False),
+                        quant_policy=quant.get("policy", "lsq"),
+                        obr_weight=quant.get("obr_weight", 0.0),
+                        distill=quant.get("distill", False),
                         **optional,
                         **common,
                     )

@@ -33,6 +33,8 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+from qgen.quant import ActivationQuantizer, QuantizedLayer
+
 FoldableLayer: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 """Layers whose output channel is dimension 0 of the weight, so a BN can be folded into them."""
 
@@ -106,7 +108,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     The folded layer gets ``W' = scale * W`` and ``b' = beta + scale * (b - running_mean)`` (a bias
     parameter is created for a bias-free layer) and the BN is replaced by :class:`FoldedBatchNorm`, an
-    ``nn.Identity``. The fold
+    ``nn.Identity``. A layer's input quantizer stays as it is: the BN acts on the layer's output. The fold
     reproduces the *eval-mode* function: a BN in training mode is folded with its running statistics
     too. BN layers that are not paired stay as they are, and the copy keeps ``model``'s training
     flag. ``model`` itself is not modified.
@@ -150,7 +152,9 @@ def materialize_weights(model: nn.Module, *, quantized: bool = True) -> nn.Modul
     ``w_hat`` of paper eq. 2, so the copy computes the same function as the quantized model.
     ``quantized=False`` keeps the latent float weights the optimizer updates (``parametrizations.
     weight.original``), which changes the function to that of the unquantized network. Either way the
-    learned steps disappear and weights are named ``<layer>.weight`` again. ``model`` itself is not
+    learned weight steps disappear and weights are named ``<layer>.weight`` again. Activation quantizers
+    (W/A precisions) stay, with their steps, and stay active: the copy's layers still quantize their
+    inputs (:class:`qgen.quant.QuantizedLayer`), as VVTQ's attention its operands. ``model`` itself is not
     modified.
     """
     plain = copy.deepcopy(model)
@@ -173,10 +177,20 @@ def _own_class(module: nn.Module) -> None:
     module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
+class _Tracer(fx.Tracer):
+    """:mod:`torch.fx`'s tracer, with quantized layers and activation quantizers as leaves like the
+    ``torch.nn`` layers they extend (their fused quantization nodes are not traceable)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, QuantizedLayer | ActivationQuantizer) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
 def _trace(model: nn.Module) -> fx.Graph:
     """The data-flow graph of ``model``'s forward, or a ``ValueError`` naming the model class."""
     try:
-        return fx.symbolic_trace(model).graph
+        return _Tracer().trace(model)
     except Exception as error:  # user forward code may raise anything under tracing
         raise ValueError(
             f"cannot fold BatchNorm of {type(model).__name__}: torch.fx.symbolic_trace failed "

@@ -23,7 +23,9 @@ and the Taylor check compares the exact change ``f(x, q) - f(x, p)`` with ``J d`
 cross-entropy at ``p``; ``H d`` is one Hessian-vector product of :mod:`qgen.hessian`).
 
 **Weights.** ``W`` is the weight of every LSQ-quantized layer (:func:`qgen.quant.quantizers`);
-biases, BatchNorm and the unquantized first and last layers have ``Δ = 0`` and stay fixed. The
+biases, BatchNorm and the unquantized first and last layers have ``Δ = 0`` and stay fixed. ``R`` covers
+weight noise only: in a W/A model (``w4a4`` etc.) the activation quantizers stay active at both points, so
+the rounding of the activations is part of ``f`` rather than of ``Δ``. The
 Jacobian is taken with respect to the layers' own (unfolded) weights, BatchNorm in eval mode (running
 statistics). All evaluations are functional calls on a plain copy of the model
 (:func:`qgen.folding.materialize_weights`); the model passed in is not modified.

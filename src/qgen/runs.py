@@ -46,11 +46,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(spec: RunSpec) -> nn.Module:
-    """The run's model with quantizers attached (the step init reads the freshly built weights)."""
+    """The run's model with quantizers attached (the step init reads the freshly built weights).
+
+    ``spec.quant_policy`` picks the layers: LSQ's (:func:`qgen.quant.quantize_model`, whose signed or
+    unsigned inputs a forward pass of one seeded random image tells) or VVTQ's (:func:`qgen.vvtq.quantize`).
+    """
     info = data.dataset_info(spec.dataset)
     model = models.create_model(spec.model, info.num_classes, **spec.model_args)
+    bits, activation_bits = quant.bits_of(spec.precision), quant.activation_bits_of(spec.precision)
+    if spec.quant_policy == "vvtq":
+        from qgen import vvtq  # imports timm, which costs every job ~1.5 s
+
+        return vvtq.quantize(model, bits, activation_bits)
+    example = None
+    if activation_bits is not None:
+        size = info.image_size
+        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(spec.seed))
     return quant.quantize_model(
-        model, quant.bits_of(spec.precision), quantize_first_last=spec.quantize_first_last
+        model,
+        bits,
+        activation_bits=activation_bits,
+        quantize_first_last=spec.quantize_first_last,
+        example=example,
     )
 
 

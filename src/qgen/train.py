@@ -49,6 +49,7 @@ from qgen.distributed import Replicas
 from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.norms import weight_norm
+from qgen.objective import Objective, build_objective
 from qgen.runs import Evaluation, build_model, evaluate, resolve_device, tensors_digest
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,12 @@ def train_epoch(
     progress: EpochProgress | None = None,
     checkpoint: tuple[Checkpointer, Callable[[EpochProgress], None]] | None = None,
     replicas: Replicas | None = None,
+    objective: Objective | None = None,
 ) -> tuple[Evaluation, float]:
     """One pass of mini-batch training; returns the running loss/accuracy and images per second.
+
+    The loss is ``objective(logits, images, labels, epoch)`` (:mod:`qgen.objective`), by default the
+    cross-entropy with the labels; the running loss is that objective's.
 
     The loss is accumulated on the device and checked once per epoch, so no step waits on the host.
     ``progress`` resumes an epoch after its first ``progress.batch`` batches; ``checkpoint`` is a
@@ -168,7 +173,9 @@ def train_epoch(
     start = last_report = time.perf_counter()
     for i, (images, labels) in enumerate(loader, progress.batch + 1):
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = (
+            F.cross_entropy(logits, labels) if objective is None else objective(logits, images, labels, epoch)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -343,6 +350,7 @@ def _train(
     init_state = _clone(model.state_dict())  # W0, rebuilt identically from the seed on every start
     init_digest = tensors_digest(init_state)
     model = model.to(dev)
+    objective = build_objective(spec, model, dev)
     optimizer = build_optimizer(model, spec)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
     stepped: nn.Module = model
@@ -356,6 +364,10 @@ def _train(
         )
     state = _load_state(state_path, spec, init_digest)
     if state is None:
+        if quant.activation_quantizers(model):  # LSQ: activation steps from the first training batch
+            train_loader.set_epoch(1)
+            images, _ = next(iter(train_loader))
+            quant.calibrate_activations(model, images, lambda t: replicas.sum(t) / replicas.world)
         state = TrainState.fresh(model, spec, init_digest)
     else:
         model.load_state_dict(state.model)
@@ -403,6 +415,7 @@ def _train(
                 progress=EpochProgress(**state.progress),
                 checkpoint=(checkpointer, save),
                 replicas=replicas,
+                objective=objective,
             )
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()

@@ -19,10 +19,50 @@ from qgen.errors import QgenError, UnknownNameError
 
 Scalar = bool | int | float | str
 
-PRECISIONS: Mapping[str, int | None] = {"fp32": None, "int8": 8, "int4": 4, "int2": 2}
-"""Precision name -> weight bit width (``None``: no quantizer), in the paper's column order."""
-PRECISION_LABELS: Mapping[str, str] = {"fp32": "FP32", "int8": "Int8", "int4": "Int4", "int2": "Int2"}
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision: the bit widths of the LSQ quantizers it attaches (``None``: none of that kind).
+
+    ``int*`` quantize weights only (the paper's columns); ``w*a*`` quantize the weights and the inputs of
+    the quantized layers (weights *and* activations, as VVTQ and most QAT studies; docs/decisions.md).
+    """
+
+    name: str
+    label: str
+    weight_bits: int | None
+    activation_bits: int | None = None
+
+
+PRECISION_FACTS: tuple[Precision, ...] = (
+    Precision("fp32", "FP32", None),
+    Precision("int8", "Int8", 8),
+    Precision("int4", "Int4", 4),
+    Precision("int2", "Int2", 2),
+    Precision("w8a8", "W8A8", 8, 8),
+    Precision("w4a4", "W4A4", 4, 4),
+    Precision("w2a2", "W2A2", 2, 2),
+)
+"""Every precision, in the order tables and figures show them: the paper's columns, then the W/A pairs."""
+PRECISIONS: Mapping[str, int | None] = {p.name: p.weight_bits for p in PRECISION_FACTS}
+"""Precision name -> weight bit width (``None``: no quantizer), in :data:`PRECISION_FACTS` order."""
+ACTIVATION_BITS: Mapping[str, int | None] = {p.name: p.activation_bits for p in PRECISION_FACTS}
+"""Precision name -> bit width of the quantized layers' inputs (``None``: activations stay float)."""
+PRECISION_LABELS: Mapping[str, str] = {p.name: p.label for p in PRECISION_FACTS}
 """How tables, figures and the report print each precision."""
+PAPER_PRECISIONS: tuple[str, ...] = tuple(p.name for p in PRECISION_FACTS if p.activation_bits is None)
+"""The paper's columns: FP32 and the weight-only precisions, from full precision down."""
+
+QUANT_POLICIES: Mapping[str, str] = {
+    "lsq": "every conv/linear layer but the first and last (unless quantize_first_last), weights at the "
+    "precision's bits and, for a W/A precision, the layer's input too (LSQ, Esser et al. 2020)",
+    "vvtq": "VVTQ's module-dependent policy for the vision transformers: q, k, v split with a step each, "
+    "the attention's q, k, v, softmax and output quantized, patch embedding and head at 8 bits "
+    "(Huang et al. 2023; qgen.vvtq)",
+}
+"""Which layers and tensors a run quantizes, and at which bits (``RunSpec.quant_policy``)."""
+VVTQ_MODELS: tuple[str, ...] = ("deit_tiny_patch16_224", "swin_tiny_patch4_window7_224")
+"""The models the ``vvtq`` policy knows (:mod:`qgen.vvtq`)."""
 
 
 AUGMENTATIONS: Mapping[str, str] = {

@@ -67,7 +67,7 @@ if workflow.is_main_process:
 
 wildcard_constraints:
     experiment="[A-Za-z0-9_]+",
-    precision="|".join(config["precisions"]),
+    precision="|".join(dict.fromkeys(run.precision for run in RUNS.values())),
     point="[^/]+",
     dataset="[a-z0-9_]+",
     table="|".join(TABLES) or "(?!)",

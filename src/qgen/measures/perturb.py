@@ -65,9 +65,10 @@ def perturbed_names(model: nn.Module, which: PerturbedSet) -> list[str]:
     """Names of the parameters of ``model`` (a :func:`perturbed_network`) that the searches perturb.
 
     ``weights``: only the conv/linear weights ``W`` of the bounds. ``all`` and ``reference``: every
-    parameter except LSQ steps (biases, and the gamma and beta of every BN left in the network).
+    parameter except what the quantizers learn (LSQ steps of weights and activations, activation offsets):
+    biases, and the gamma and beta of every BN left in the network.
     """
-    steps = {id(p) for p in quant.step_parameters(model)}
+    steps = {id(p) for p in quant.quantizer_parameters(model)}
     weights = {id(p) for p in weight_parameters(model)}
     chosen = weights if which == "weights" else {id(p) for p in model.parameters()} - steps
     return [name for name, p in model.named_parameters() if id(p) in chosen]

@@ -4,7 +4,9 @@ Which network is measured (``weights``, docs/decisions.md):
 
 - ``"quantized"`` (default): the function the trained model computes. Quantized layers' weights are
   replaced by their quantized values ``w_hat`` and BatchNorm is folded into the preceding layers, so
-  ``W`` are the folded weights the network really uses and perturbations act on them directly.
+  ``W`` are the folded weights the network really uses and perturbations act on them directly. The
+  activation quantizers of a W/A precision stay in place and active, with their learned steps, which
+  are not perturbed (as the weight steps, which materialization removes).
 - ``"latent"``: the latent float weights with the quantizers left active and BatchNorm unfolded
   (a perturbation smaller than half a bin can be rounded away). For FP32 runs both choices differ
   only in the BatchNorm folding.
