@@ -8,7 +8,7 @@ from qgen.corruptions import CORRUPTIONS
 from qgen.report import claims
 from qgen.report.claims import FAIL, INCONCLUSIVE, NOT_RUN, PASS, Verdict
 from qgen.report.values import Value, corruption_detail
-from qgen.vocab import MEASURES, PRECISIONS
+from qgen.vocab import MEASURES, PAPER_PRECISIONS
 
 
 def values(
@@ -56,7 +56,7 @@ def mags(lowest: str) -> list[Value]:
     return [
         v
         for name in claims.MAGNITUDE_AWARE
-        for v in values("table3", name, {p: (1.0 if p == lowest else 2.0) for p in PRECISIONS})
+        for v in values("table3", name, {p: (1.0 if p == lowest else 2.0) for p in PAPER_PRECISIONS})
     ]
 
 
@@ -300,3 +300,19 @@ def test_a_correlation_claim_reads_only_its_statistic() -> None:
     cells = one_worse("tau all", 0.08) + population("Psi all", dict.fromkeys(MAGNITUDE_AWARE, -0.9), u=None)
     verdict = claims.evaluate(claim, {"correlation": cells})["population"]
     assert verdict.status == INCONCLUSIVE and "without an uncertainty" not in verdict.evidence
+
+
+def test_a_scope_of_wa_runs_is_judged_on_the_same_ladder_in_its_own_labels() -> None:
+    claim = CLAIMS["gap_shrinks"]
+    wa = values("table1", "gap", {"fp32": 0.3, "w8a8": 0.3, "w4a4": 0.28, "w2a2": 0.22})
+    verdict = claims.evaluate(claim, {"table1": wa})["D M"]
+    assert verdict.status == PASS and "W8A8 0.300 → W4A4 0.280 → W2A2 0.220" in verdict.evidence
+    assert "Int" not in verdict.evidence
+
+
+def test_wa_runs_beside_weight_only_ones_are_a_scope_of_their_own_with_its_fp32() -> None:
+    claim = CLAIMS["int2_gap_below_fp32"]
+    mixed = values("table1", "gap", {"fp32": 0.3, "int2": 0.2, "w2a2": 0.4})
+    verdicts = claims.evaluate(claim, {"table1": mixed})
+    assert verdicts["D M"].status == PASS and "W2A2" not in verdicts["D M"].evidence
+    assert verdicts["D M (W/A)"].status == FAIL and "W2A2 0.400" in verdicts["D M (W/A)"].evidence

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -25,7 +26,15 @@ from typing import Any, Literal
 from qgen.errors import QgenError
 from qgen.report.values import POPULATION, Value
 from qgen.tables import REFERENCE_PRECISION
-from qgen.vocab import MEASURES, PAPER_PRECISIONS, POPULATION_MEASURES, PRECISION_LABELS, PRECISIONS, Measure
+from qgen.vocab import (
+    MEASURES,
+    PAPER_PRECISIONS,
+    POPULATION_MEASURES,
+    PRECISION_FACTS,
+    PRECISION_LABELS,
+    PRECISIONS,
+    Measure,
+)
 
 Status = Literal["PASS", "FAIL", "INCONCLUSIVE", "NOT RUN"]
 PASS: Status = "PASS"
@@ -40,9 +49,19 @@ COVERAGE = 2.0
 
 ORDER = tuple(sorted(PAPER_PRECISIONS, key=lambda p: -(PRECISIONS[p] or math.inf)))
 """The paper's precisions from full precision down to the fewest bits: the direction of the paper's trends.
-Scopes at W/A precisions (the ViT rows, ``w8a8``...) are not judged yet (NOT RUN)."""
+A scope at W/A precisions (the ViT rows, ``w8a8``...) is judged on the same ladder (:data:`RUNGS`)."""
 FULL = REFERENCE_PRECISION
 QUANTIZED = tuple(p for p in ORDER if PRECISIONS[p] is not None)
+RUNGS: dict[str, str] = {
+    wa.name: w.name
+    for wa in PRECISION_FACTS
+    for w in PRECISION_FACTS
+    if wa.activation_bits is not None and w.name in QUANTIZED and w.weight_bits == wa.weight_bits
+}
+"""W/A precision -> the weight-only precision of its rung (``w4a4`` -> ``int4``): a claim about Int8 > Int4 >
+Int2 reads W8A8 > W4A4 > W2A2 in a scope of W/A runs."""
+WA_SCOPE = " (W/A)"
+"""Appended to a scope's name for its W/A runs where the scope also has weight-only ones."""
 # Test-accuracy points within which Int8 counts as "on par" with FP32 (our reading; docs/decisions.md).
 INT8_TOLERANCE = 1.0
 MOST, ALMOST_ALL, ALL = 0.5, 0.9, 1.0  # fractions of cells: "most" is more than half, "almost all" >= 90%
@@ -592,10 +611,13 @@ def evaluate(
     found = results.get(claim.source)
     if found is None:
         return {"": Verdict(NOT_RUN, f"no {claim.source} results (not configured or not built)")}
-    values = [
-        v for v in found if v.quantity in claim.reads and (claim.cells is None or v.detail in claim.cells)
-    ]
-    verdicts = claim.check(values, k)
+    values, wa_scopes = on_paper_ladder(
+        [v for v in found if v.quantity in claim.reads and (claim.cells is None or v.detail in claim.cells)]
+    )
+    verdicts = {
+        scope: Verdict(v.status, _wa_labels(v.evidence)) if scope in wa_scopes else v
+        for scope, v in claim.check(values, k).items()
+    }
     if not verdicts:
         return {"": Verdict(NOT_RUN, f"{claim.source} holds no values this claim reads")}
     exact = claim.check([replace(v, uncertainty=0.0) if v.uncertainty is None else v for v in values], k)
@@ -608,6 +630,33 @@ def evaluate(
                 f"(taken as exact: {exact[scope].status})",
             )
     return verdicts
+
+
+def on_paper_ladder(values: Sequence[Value]) -> tuple[list[Value], set[str]]:
+    """``values`` with each W/A precision on its weight-only rung (:data:`RUNGS`), so that every claim reads
+    them, and the scopes so relabelled. A scope with weight-only runs too keeps them; its W/A runs, with a
+    copy of its FP32 values, become the scope ``<scope> (W/A)``."""
+    mixed = {_scope(v) for v in values if v.precision in QUANTIZED} & {
+        _scope(v) for v in values if v.precision in RUNGS
+    }
+    out, relabelled = [], set()
+    for v in values:
+        if v.precision in RUNGS or (v.precision == FULL and _scope(v) in mixed):
+            moved = replace(v, model=v.model + WA_SCOPE) if _scope(v) in mixed else v
+            if v.precision in RUNGS:
+                moved = replace(moved, precision=RUNGS[v.precision])
+                relabelled.add(_scope(moved))
+            out.append(moved)
+        if v.precision not in RUNGS:
+            out.append(v)
+    return out, relabelled
+
+
+def _wa_labels(evidence: str) -> str:
+    """Evidence written on the weight-only rungs, in the W/A precisions' own labels."""
+    for wa, w in RUNGS.items():
+        evidence = re.sub(rf"\b{PRECISION_LABELS[w]}\b", PRECISION_LABELS[wa], evidence)
+    return evidence
 
 
 def claim_rows(
