@@ -185,7 +185,7 @@ class Lockstep:
             self.loss_sum = torch.stack([self.running[id(run)].loss_sum for run in active])
             self.correct = torch.stack([self.running[id(run)].correct for run in active])
 
-    def _join(self, epoch: int, batch: int) -> None:
+    def join(self, epoch: int, batch: int) -> None:
         """Stack the waiting members whose position is batch ``batch`` of ``epoch``."""
         joining = [
             run
@@ -209,7 +209,8 @@ class Lockstep:
 
     # --- training
 
-    def _step(self, images: Tensor, labels: Tensor) -> None:
+    def step(self, images: Tensor, labels: Tensor) -> None:
+        """One training step of every stacked member on one batch (a loader's ``(images, labels)``)."""
         stack = self.stack
         assert stack is not None
         for param in stack.params.values():
@@ -258,15 +259,15 @@ class Lockstep:
         loader = self.loaders.train
         while (position := self._earliest()) is not None:
             epoch, batch = position
-            self._join(epoch, batch)
+            self.join(epoch, batch)
             loader.set_epoch(epoch, start=batch)
             for images, labels in loader:
-                self._step(images, labels)
+                self.step(images, labels)
                 batch += 1
                 if checkpointer.due():
                     self._save(batch)
                     checkpointer.written()
-                self._join(epoch, batch)
+                self.join(epoch, batch)
             self._end_epoch(epoch, batch)
             checkpointer.written()
         self._restack([])
