@@ -8,7 +8,7 @@ and served by ``qgen.data.ArrayLoader`` with the CIFAR augmentation; nothing is 
    (:mod:`qgen.group`) of ``--group`` runs in lockstep (images/s counts every member's images). Steps
    are those of ``qgen.train.train_epoch`` (channels-last, ``training_loss``, optimizer step, step clamp).
 2. The amortized time of one 300-epoch CIFAR-10 NiN 4x10 (50,000 images, batch 128) in a batched group,
-   from the fastest measured group; and the whole 1,944-run NiN sweep in GPU-hours from the measured
+   from the measured group; and the whole 1,944-run NiN sweep in GPU-hours from the measured
    group throughput of every (depth, width) of the sweep (int4; int8 and int2 run the same fused op,
    FP32 is measured for NiN 4x10 in part 1).
 3. The sigma search of the exact protocol (``FlatnessSearch``, 15 steps x 10 samples, certain stop)
@@ -295,7 +295,7 @@ def sigma_search(sizes: Sizes, data_: Synthetic, dev: torch.device) -> None:
     n = sizes.search_images
     images = data.normalize(data_.images[:n].to(dev), mean, std).contiguous(memory_format=torch.channels_last)
     evalset = EvalSet(images, data_.labels[:n].to(dev), 5000)
-    settings = MeasureSettings(depth=sizes.search_depth, samples=sizes.search_samples, perturb="reference")
+    settings = MeasureSettings(depth=sizes.search_depth, samples=sizes.search_samples)  # as flatness_search
     found: dict[str, float] = {}
 
     def exact() -> None:
@@ -318,10 +318,10 @@ def sigma_search(sizes: Sizes, data_: Synthetic, dev: torch.device) -> None:
     print(f"   exact protocol / straightforward loop speed-up = {speed_up:.2f}x   target >= 10")
 
 
-def _pack_member(args: tuple[Sizes, int, object, object]) -> tuple[float, float]:
+def _pack_member(args: tuple[Sizes, int, object, str]) -> tuple[float, float]:
     """One process of a pack: build a run, warm up, wait for the others, time ``steps`` steps."""
-    sizes, index, barrier, _ = args
-    dev = torch.device("cuda" if torch.cuda.is_available() and sizes is GPU else "cpu")
+    sizes, index, barrier, device = args
+    dev = torch.device(device)
     if dev.type == "cpu":
         torch.set_num_threads(1)
     data_ = Synthetic(sizes.images, sizes.batch, dev)
@@ -341,7 +341,7 @@ def packing(sizes: Sizes, data_: Synthetic, dev: torch.device, tmp: Path) -> Non
     with context.Manager() as manager:
         barrier = manager.Barrier(sizes.pack)
         with context.Pool(sizes.pack) as pool:
-            spans = pool.map(_pack_member, [(sizes, k, barrier, None) for k in range(sizes.pack)])
+            spans = pool.map(_pack_member, [(sizes, k, barrier, dev.type) for k in range(sizes.pack)])
     processes = sizes.pack * sizes.steps * sizes.batch / (max(e for _, e in spans) - min(s for s, _ in spans))
     runs = stepping_points(spec("nin", sizes.nin, "int4"), sizes.pack)
     execution = Execution("bf16" if dev.type == "cuda" else "off")
@@ -369,6 +369,7 @@ def main() -> int:
         "CPU (smoke: sizes and numbers mean nothing)" if args.cpu_smoke else torch.cuda.get_device_name(dev)
     )
     print(f"qgen bench/gpu.py on {name}; torch {torch.__version__}")
+    Execution().prepare(dev)  # as qgen's trainers: cuDNN benchmark mode on CUDA
     started = time.perf_counter()
     data_ = Synthetic(sizes.images, sizes.batch, dev)
     with tempfile.TemporaryDirectory() as tmp:

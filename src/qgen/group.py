@@ -296,6 +296,7 @@ def train_group(
     require_lockstep([run.spec for run in runs])
     dev = resolve_device(device)
     execution = (execution or Execution()).resolved(dev)
+    execution.prepare(dev)
     with ExitStack() as locks:
         for run in runs:
             locks.enter_context(files.exclusive_lock(run.ckpt_dir, f"run {run.spec.run_id}"))

@@ -105,6 +105,12 @@ class Execution:
             return self
         return replace(self, mixed_precision="bf16" if device.type == "cuda" else "off")
 
+    def prepare(self, device: torch.device) -> None:
+        """Process-wide settings for training on ``device``: on CUDA, cuDNN picks the fastest convolution
+        algorithm for each shape once (the shapes of a run never change; the choice is float rounding)."""
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
     def autocast(self, device: torch.device) -> AbstractContextManager[object]:
         """The autocast context of a training forward (a resolved execution)."""
         if self.mixed_precision == "bf16":
@@ -378,6 +384,7 @@ def train(
     replicas = Replicas.from_env()
     dev = replicas.device(resolve_device(device))
     execution = (execution or Execution()).resolved(dev)
+    execution.prepare(dev)
     lock = files.exclusive_lock(ckpt_dir, f"run {spec.run_id}") if replicas.writer else nullcontext()
     with lock:
         replicas.start(dev)
