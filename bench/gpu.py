@@ -95,7 +95,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (a dry run)")
     parser.add_argument("--group", type=int, help="runs per batched group (default 27, the sweep's)")
     parser.add_argument("--pack", type=int, help="runs per pack for part 4 (default 8, the profile's)")
-    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode (default: default; off: no compiled variants)",
+    )
+    parser.add_argument("--steps", type=int, help="training steps per timed call (default 10)")
+    parser.add_argument("--repeats", type=int, help="timed calls per variant (default 3)")
+    parser.add_argument("--device", default="cuda", help="device of the real sizes (default cuda; e.g. cpu)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "sweep", "search", "pack"])
     return parser.parse_args()
 
@@ -233,7 +241,7 @@ def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp
             base = spec(model, args, precision)
             calls: dict[str, Callable[[], None]] = {}
             for name, (execution, members) in variants.items():
-                if execution.compile != "off" and precision != "int4":
+                if "compiled" in name and (mode == "off" or precision != "int4"):
                     continue
                 make = functools.partial(variant, base, execution, members, batches, dev, tmp / name)
                 if (call := usable(make, f"{model} {precision} {name}")) is not None:
@@ -357,12 +365,14 @@ def packing(sizes: Sizes, data_: Synthetic, dev: torch.device, tmp: Path) -> Non
 def main() -> int:
     args = parse_args()
     sizes = SMOKE if args.cpu_smoke else GPU
-    sizes = replace(sizes, group=args.group or sizes.group, pack=args.pack or sizes.pack)
-    dev = torch.device("cpu" if args.cpu_smoke else "cuda")
+    given = {k: getattr(args, k) for k in ("group", "pack", "steps", "repeats") if getattr(args, k)}
+    sizes = replace(sizes, **given)
+    dev = torch.device("cpu" if args.cpu_smoke else args.device)
+    if args.threads or args.cpu_smoke:
+        torch.set_num_threads(args.threads or 1)
     if args.cpu_smoke:
-        torch.set_num_threads(1)
         torch.compile = functools.partial(torch.compile, backend="eager")  # graph capture only: seconds
-    elif not torch.cuda.is_available():
+    elif dev.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run bench/gpu.sh on a GPU machine, or --cpu-smoke for a dry run")
         return 2
     name = (

@@ -338,8 +338,8 @@ def train_execution(wildcards):
 
 def pack_options(wildcards):
     """`qgen train-many` options: --batched in the batched pack mode, and the training execution."""
-    batched = "--batched " if PACK_MODE == "batched" else ""
-    return batched + train_execution(wildcards)
+    batched = "--batched" if PACK_MODE == "batched" else ""
+    return f"{batched} {train_execution(wildcards)}"
 
 
 def pack_name(wildcards):
