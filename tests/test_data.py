@@ -24,13 +24,13 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from qgen.data import (
     BatchLoader,
-    _mix_seed,
     build_loader,
     crop_flip,
     dataset_info,
     dataset_names,
     draw_crop_flip,
     load_arrays,
+    mix_seed,
     normalize,
     prepare_dataset,
     subset_indices,
@@ -337,7 +337,7 @@ def test_crop_augmentation_is_crop_flip_without_the_flips(tmp_path: Path) -> Non
     loader = digits_loader(tmp_path, "train", augment="crop", seed=2)
     images, _ = next(iter(loader))
     raw, _ = load_arrays("digits", "train", root=tmp_path)
-    draws = draw_crop_flip(128, torch.Generator().manual_seed(_mix_seed(2, 0)), flip=False)
+    draws = draw_crop_flip(128, torch.Generator().manual_seed(mix_seed(2, 0)), flip=False)
     assert not draws[2].any()
     info = dataset_info("digits")
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from qgen.folding import (
     BatchNorm,
@@ -323,3 +324,23 @@ def test_materialized_latent_weights_are_the_float_weights(quantized: nn.Module)
         weight = plain.get_submodule(name).weight
         torch.testing.assert_close(weight, latent_weight(module), rtol=0, atol=0)
         assert not torch.equal(weight, module.weight), f"{name}: latent weight equals its quantized image"
+
+
+def test_folding_is_done_in_float64_then_rounded_once() -> None:
+    """PyTorch's fusion arithmetic in float64, cast back: each folded weight is the correctly rounded product,
+    which float32 fusion is not always."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(8, 64, 3, bias=False), nn.BatchNorm2d(64)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.1, 3.0)
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1, 1)
+    folded = fold_batchnorm(nn.Sequential(conv, bn).eval())[0]
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    exact = (conv.weight.double() * scale.view(-1, 1, 1, 1)).float()
+    assert torch.equal(folded.weight, exact)
+    single, _ = fuse_conv_bn_weights(
+        conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    assert not torch.equal(single, exact)  # float32 fusion rounds twice

@@ -23,7 +23,7 @@ from helpers import compile_latex, tiny_spec, train_tiny
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = tiny_spec(precision="int4", epochs=3, milestones=[2], n_train=300)
 SETTINGS = {"depth": 4, "samples": 2, "ascent_steps": 2, "ascent_batch": 16}
-OPTIONS = {"eval_subset": 200, "curvature_iters": 3, "curvature_samples": 2}
+OPTIONS = {"eval_subset": 200, "curvature_iters": 3, "curvature_samples": 2, "regularizer_samples": 3}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,33 @@ def test_measure_record(run_dir: Path, tmp_path: Path) -> None:
         record["curvature"]["trace"]["samples"] == 2
         and record["curvature"]["top_eigenvalue"]["iterations"] <= 3
     )
+    realized = record["regularizer"]["realized"]
+    assert (
+        realized["value"] > 0
+        and realized["expected"]["samples"] == 3
+        and realized["direction"] == "w_hat - w"
+    )
+    assert realized["samples"] == 200  # the evaluation subset
     files.write_json(tmp_path / "measures.json", record)
     assert files.read_json(tmp_path / "measures.json")["normalized"] == record["normalized"]
+
+
+def test_an_fp32_run_has_no_realized_noise_and_the_regularizer_each_width_would_add(tmp_path: Path) -> None:
+    fp32 = dataclasses.replace(SPEC, precision="fp32")
+    run_dir = train_tiny(fp32, tmp_path)
+    record = measure_run(
+        run_dir, fp32, run_dir.parent / "data", SETTINGS | OPTIONS | {"curvature": False}, device="cpu"
+    )
+    regularizer = record["regularizer"]
+    assert regularizer["realized"] == {"value": 0.0}
+    widths = regularizer["initial_step"]
+    assert list(widths) == ["8", "4", "2"]
+    # LSQ's initial step is 2 mean|w| / sqrt(Q_P) in every layer, and one seed draws the same noise shape:
+    # the expected R scales as 1 / Q_P (127, 7, 1).
+    assert widths["4"]["expected"]["value"] / widths["8"]["expected"]["value"] == pytest.approx(
+        127 / 7, rel=1e-6
+    )
+    assert widths["2"]["expected"]["value"] / widths["4"]["expected"]["value"] == pytest.approx(7, rel=1e-6)
 
 
 def test_diverged_run_is_recorded_without_values(run_dir: Path, tmp_path: Path) -> None:

@@ -46,21 +46,6 @@ def expected_train_jobs(config: dict) -> int:
     return total
 
 
-def test_schema_enums_match_the_registries() -> None:
-    from qgen.data import dataset_names
-    from qgen.models import model_names
-    from qgen.quant import PRECISIONS
-    from qgen.train import OPTIMIZERS, SELECTION
-
-    defs = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())["$defs"]
-    assert sorted(defs["model"]["enum"]) == model_names()
-    assert sorted(defs["dataset"]["enum"]) == dataset_names()
-    assert defs["precision"]["enum"] == list(PRECISIONS)
-    experiment = defs["experiment"]["properties"]
-    assert experiment["grid"]["properties"]["optimizer"]["propertyNames"]["enum"] == list(OPTIMIZERS)
-    assert experiment["select_by"]["enum"] == list(SELECTION)
-
-
 def test_lint_is_clean() -> None:
     proc = snakemake("--lint")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -315,6 +300,22 @@ def test_figures_and_report_targets_plan_their_runs() -> None:
     assert jobs["summarize"] == 4 + 2  # Tables 1-4 (those the report compares with the paper), Figures 1-2
 
 
+def test_the_snakemake_report_lists_every_table_figure_and_the_reproduction_report(mini_run: Path) -> None:
+    proc = snakemake(
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(mini_run),
+        "--report",
+        "report.html",
+        cwd=mini_run,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (mini_run / "report.html").read_text()
+    for name in ("table1.tex", "table2.tex", "table3.tex", "table5.tex", "figure1.png", "reproduction.html"):
+        assert name in html, name
+
+
 def test_end_to_end_rerun_does_nothing_and_one_table_is_rebuilt_alone(mini_run: Path) -> None:
     args = ("--snakefile", str(ROOT / "Snakefile"), "--directory", str(mini_run), "--cores", "1")
     assert "Nothing to be done" in snakemake(*args, "-n", cwd=mini_run).stdout
@@ -426,6 +427,55 @@ def test_demo_profile_produces_both_tables(tmp_path: Path) -> None:
         "reproduction.html",
     ):
         assert (clone / "paper_tables" / name).stat().st_size > 0
+
+
+def test_the_conda_env_installs_this_checkout_of_qgen(tmp_path: Path) -> None:
+    """envs/qgen.post-deploy.sh (Snakemake runs it in the new env) installs qgen itself, editable, from the
+    working directory; elsewhere it stops naming the directory."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "$@" > "$CALLED"\n')
+    (fake / "python").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}",
+        "CALLED": str(tmp_path / "called"),
+    }
+    script = str(ROOT / "envs" / "qgen.post-deploy.sh")
+    subprocess.run(["bash", script], cwd=ROOT, env=env, check=True)
+    assert (tmp_path / "called").read_text().split() == [
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--editable",
+        str(ROOT),
+    ]
+    proc = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and f"{tmp_path} is no qgen checkout" in proc.stderr
+
+
+def test_readme_python_is_formatted() -> None:
+    """The README's library example passes `ruff format --check`, like the package."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert blocks
+    for block in blocks:
+        proc = subprocess.run(
+            [str(BIN / "ruff"), "format", "--check", "--stdin-filename", "readme.py", "-"],
+            input=block,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_lint_and_format_of_the_python_are_clean() -> None:
+    for check in (["check"], ["format", "--check"]):
+        proc = subprocess.run(
+            [str(BIN / "ruff"), *check, "src", "tests", "bench"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_conda_env_pins_equal_pyproject() -> None:

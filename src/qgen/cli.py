@@ -217,11 +217,39 @@ def _report(args: argparse.Namespace) -> None:
     log.info("claims on our results: %s", context["counts"])
 
 
-def _list(args: argparse.Namespace) -> None:
-    from qgen import data, models
+def _listing(what: str) -> list[str]:
+    """The lines `qgen list <what>` prints: one name a line, with what a user picks it by."""
+    from qgen import vocab
 
-    names = models.model_names() if args.what == "models" else data.dataset_names()
-    print("\n".join(names))
+    if what == "models":
+        return [
+            f"{name}  " + " ".join(f"{a.name}={a.default!r}" for a in arguments)
+            for name, arguments in sorted(vocab.MODEL_ARGUMENTS.items())
+        ]
+    if what == "datasets":
+        return [
+            f"{d.name}  {d.label}, {d.num_classes} classes, {d.image_size}x{d.image_size}, "
+            f"augment: {', '.join(d.augmentations)}"
+            for d in vocab.DATASETS.values()
+        ]
+    if what == "precisions":
+        return [f"{name}  {vocab.PRECISION_LABELS[name]}" for name in vocab.PRECISIONS]
+    if what == "measures":
+        return [f"{m.name}  paper eq. {m.equation}, search {m.search}" for m in vocab.MEASURES]
+    if what == "summaries":
+        return [f"{s.name}  from each run's {s.result}" for s in vocab.SUMMARIES.values()]
+    if what == "augmentations":
+        return [f"{name}  {text}" for name, text in vocab.AUGMENTATIONS.items()]
+    from qgen.corruptions import GROUPS, LABELS
+
+    return [f"{name}  {LABELS[name]} ({group})" for group, names in GROUPS.items() for name in names]
+
+
+LISTABLE = ("models", "datasets", "precisions", "measures", "summaries", "augmentations", "corruptions")
+
+
+def _list(args: argparse.Namespace) -> None:
+    print("\n".join(_listing(args.what)))
 
 
 def _download_corruptions(args: argparse.Namespace) -> None:
@@ -342,7 +370,11 @@ def _add_summary_config(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qgen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="qgen",
+        description="The steps of the QGen reproduction pipeline, one subcommand each; the Snakemake rules "
+        "call them (see README.md).",
+    )
     parser.add_argument("--version", action="version", version=f"qgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -456,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, nargs="+", required=True, help="one output per template")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("list", help="list registered models or datasets")
-    p.add_argument("what", choices=["models", "datasets"])
+    p = sub.add_parser("list", help="list the names a config can use: models, datasets, precisions, ...")
+    p.add_argument("what", choices=LISTABLE)
     p.set_defaults(func=_list)
 
     p = sub.add_parser(
@@ -476,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, required=True, help="the clean dataset's directory")
     p.add_argument("--out", type=Path, required=True, help="directory to write the corrupted set to")
     p.add_argument("--split", default="test", help="the clean split to corrupt (default: test)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=int, required=True, help="seed of every random draw (config: its `seed`)")
     p.add_argument(
         "--profile", choices=["cifar", "imagenet"], help="severity constants (default: by image size)"
     )
@@ -496,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-setting", default="{}", help="the config's corruptions.data.<dataset> entry (JSON; recorded)"
     )
     p.add_argument("--out", type=Path, required=True, help="corruptions.csv to write")
-    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
+    p.add_argument(
+        "--batch-size", type=int, required=True, help="evaluation batch size (config: corruptions.batch_size)"
+    )
     _add_device_options(p)
     p.add_argument("--workers", type=int, default=0, help="JPEG-decoding worker processes (ImageNet-C)")
     p.set_defaults(func=_evaluate_corruptions)
@@ -517,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (QgenError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
+    except BrokenPipeError:  # the reader went away (`qgen list models | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

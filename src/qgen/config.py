@@ -19,8 +19,8 @@ import jsonschema
 import yaml
 
 from qgen.errors import QgenError
-from qgen.experiments import expand_runs, summary_config, summary_rows
-from qgen.vocab import FIGURE_NAMES, SUMMARIES
+from qgen.experiments import expand_runs, summary_config, summary_rows, summary_rows_config
+from qgen.vocab import SUMMARIES
 
 MAX_SHOWN = 200
 """Characters of an offending value shown in a message."""
@@ -52,10 +52,8 @@ def schema_problems(config: Mapping[str, Any], schema: Mapping[str, Any]) -> lis
 
 
 def configured_summaries(config: Mapping[str, Any]) -> list[str]:
-    """The tables (those with rows) and figures the config asks for, in vocabulary order."""
-    tables = config.get("tables", {})
-    figures = config.get("figures", {})
-    return [name for name in SUMMARIES if tables.get(name) or figures.get(name)]
+    """The tables and figures the config asks for (those with rows), in vocabulary order."""
+    return [name for name in SUMMARIES if summary_rows_config(config, name)]
 
 
 def check_config(config: Mapping[str, Any], schema_path: Path | str, sources: Sequence[str]) -> None:
@@ -76,8 +74,7 @@ def check_config(config: Mapping[str, Any], schema_path: Path | str, sources: Se
             try:
                 summary_rows(summary_config(config, name))
             except QgenError as error:
-                section = "figures" if name in FIGURE_NAMES else "tables"
-                problems.append(f"{section}.{name}: {error}")
+                problems.append(f"{'.'.join(SUMMARIES[name].rows)}: {error}")
     if problems:
         shown = "\n  ".join(problems)
         raise QgenError(f"{where} is invalid:\n  {shown}")

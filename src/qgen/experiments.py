@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from qgen.errors import QgenError
-from qgen.vocab import FIGURE_NAMES, SUMMARIES, resolve_augmentation, resolve_model_args
+from qgen.vocab import SUMMARIES, resolve_augmentation, resolve_model_args
 
 RUN_SCHEMA_VERSION = 2
 DIGEST_DIRNAME_LENGTH = 16
@@ -298,11 +298,15 @@ def _settings_of(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def summary_rows_config(config: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
-    """The configured rows of summary ``name``: ``tables.<name>``, ``figures.figure1``, or Figure 2's one."""
-    if name in FIGURE_NAMES:
-        figure = config.get("figures", {}).get(name, [])
-        return [figure] if isinstance(figure, Mapping) else list(figure)
-    return list(config.get("tables", {}).get(name, []))
+    """The configured rows of summary ``name``, from its section (:attr:`qgen.vocab.Summary.rows`): table or
+    figure rows, Figure 2's one row, or one row per experiment of a population (``correlation``)."""
+    entry = SUMMARIES[name]
+    value = _settings_of(config, entry.rows)
+    if entry.population:
+        return [{"experiment": experiment} for experiment in value.get("experiments", [])]
+    if isinstance(value, Mapping):
+        return [value] if value else []
+    return list(value)
 
 
 def summary_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -328,6 +332,7 @@ def summary_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     sliced: dict[str, Any] = {
         "summary": name,
         "rows": rows,
+        **({"sample": population_sample(config)} if entry.population else {}),
         "experiments": [exp for exp in config["experiments"] if exp["name"] in used],
         "precisions": list(config["precisions"]),
         "quantization": dict(config.get("quantization", {})),
@@ -349,5 +354,29 @@ def summary_rows(sliced: Mapping[str, Any]) -> list[Row]:
     for row in sliced["rows"]:
         select = select_point if entry.one_point else select_runs
         chosen = select(runs, row["experiment"], row["where"])
+        if entry.population:
+            chosen = sampled_points(chosen, **sliced["sample"])
         out.append(Row(row["experiment"], row["model"], dict(row["where"]), chosen))
     return out
+
+
+def population_sample(config: Mapping[str, Any]) -> dict[str, Any]:
+    """How many grid points of each experiment the rank correlation measures (``None``: all), and the seed
+    of their choice (the config's ``correlation`` section)."""
+    section = config.get("correlation", {})
+    return {"points": section.get("points"), "seed": section.get("seed", 0)}
+
+
+def sampled_points(runs: list[RunSpec], points: int | None, seed: int) -> list[RunSpec]:
+    """The runs of a fixed seeded sample of ``points`` grid points (``None``: all), at every precision.
+
+    The same points at every precision keep Psi's precision axis complete: each chosen point is one group
+    of models that differ only in their precision. The choice depends only on the sorted point names and
+    ``seed``.
+    """
+    names = sorted({run.point for run in runs})
+    if points is None or points >= len(names):
+        return runs
+    order = sorted(names, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
+    chosen = set(order[:points])
+    return [run for run in runs if run.point in chosen]

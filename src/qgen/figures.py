@@ -22,12 +22,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from qgen import data, files, quant
+from qgen import files, quant
 from qgen.errors import QgenError
 from qgen.experiments import RunSpec
 from qgen.landscape import Surface
 from qgen.tables import one_run_per_precision
-from qgen.vocab import PRECISION_LABELS, PRECISIONS
+from qgen.vocab import PRECISION_LABELS, PRECISIONS, dataset_facts
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def step_size_records(
             records.append(
                 {
                     "experiment": row["experiment"],
-                    "dataset": data.dataset_info(result["spec"]["dataset"]).label,
+                    "dataset": dataset_facts(result["spec"]["dataset"]).label,
                     "model": row["model"],
                     "precision": precision,
                     "bits": bits,
@@ -109,7 +109,7 @@ def surface_record(surface: Surface, label: str) -> dict[str, Any]:
     spec = RunSpec.from_dict(json.loads(surface.spec))
     return {
         "experiment": spec.experiment,
-        "dataset": data.dataset_info(spec.dataset).label,
+        "dataset": dataset_facts(spec.dataset).label,
         "model": label,
         "precision": spec.precision,
         "run_id": surface.run_id,

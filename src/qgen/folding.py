@@ -31,6 +31,7 @@ from typing import TypeAlias, cast
 import torch
 from torch import fx, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 FoldableLayer: TypeAlias = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 """Layers whose output channel is dimension 0 of the weight, so a BN can be folded into them."""
@@ -228,13 +229,18 @@ def _require_unparametrized(module: nn.Module, name: str) -> None:
 
 @torch.no_grad()
 def _fold_into(layer: FoldableLayer, bn: BatchNorm) -> None:
-    """Replace ``layer``'s weight and bias by those of ``bn(layer(x))`` in eval mode (in float64)."""
-    mean, var = bn.running_mean.double(), bn.running_var.double()
+    """Replace ``layer``'s weight and bias by those of ``bn(layer(x))`` in eval mode.
+
+    The arithmetic is PyTorch's own (``torch.nn.utils.fusion``), run in float64 and cast back to the
+    layer's dtype, so that folding adds no float32 rounding to the weights the measures perturb.
+    """
+    mean = bn.running_mean.double()
     gamma = torch.ones_like(mean) if bn.weight is None else bn.weight.double()
     beta = torch.zeros_like(mean) if bn.bias is None else bn.bias.double()
-    bias = torch.zeros_like(mean) if layer.bias is None else layer.bias.double()
-    scale = gamma * torch.rsqrt(var + bn.eps)
-    weight = layer.weight
-    per_channel = scale.reshape(-1, *[1] * (weight.dim() - 1))
-    layer.weight = nn.Parameter((weight.double() * per_channel).to(weight.dtype), weight.requires_grad)
-    layer.bias = nn.Parameter((beta + scale * (bias - mean)).to(weight.dtype), weight.requires_grad)
+    bias = None if layer.bias is None else layer.bias.double()
+    fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
+    var = bn.running_var.double()
+    weight, folded_bias = fuse(layer.weight.double(), bias, mean, var, bn.eps, gamma, beta)
+    dtype, trainable = layer.weight.dtype, layer.weight.requires_grad
+    layer.weight = nn.Parameter(weight.detach().to(dtype), trainable)
+    layer.bias = nn.Parameter(folded_bias.detach().to(dtype), trainable)

@@ -167,24 +167,30 @@ def load_results(sliced: Mapping[str, Any], runs_root: Path, landscape_root: Pat
 # Building and reading summaries
 
 
-Summarizer = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+Summarizer = Callable[[Sequence[Mapping[str, Any]], Mapping[str, Any]], list[dict[str, Any]]]
 
 
 def summarizer(name: str) -> Summarizer:
-    """The function that turns summary ``name``'s results and rows into its records."""
+    """The function that turns summary ``name``'s results and config slice into its records."""
+    if name in ("correlation", "figure3"):
+        from qgen import population
+
+        return population.correlation_records if name == "correlation" else population.figure3_records
     if name in ("figure1", "figure2"):
         from qgen import figures
 
-        return figures.step_size_records if name == "figure1" else figures.surface_records
-    from qgen import tables
+        by_rows = figures.step_size_records if name == "figure1" else figures.surface_records
+    else:
+        from qgen import tables
 
-    return tables.table(name).summarize
+        by_rows = tables.table(name).summarize
+    return lambda results, sliced: by_rows(results, sliced["rows"])
 
 
 def summarize(sliced: Mapping[str, Any], runs_root: Path, landscape_root: Path) -> list[dict[str, Any]]:
     """Summary records of the slice ``sliced``, each with the slice's digest in :data:`PROVENANCE`."""
     results = load_results(sliced, runs_root, landscape_root)
-    records = summarizer(sliced["summary"])(results, sliced["rows"])
+    records = summarizer(sliced["summary"])(results, sliced)
     digest = digest_of(dict(sliced))
     return [record | {PROVENANCE: digest} for record in records]
 

@@ -15,11 +15,9 @@ from typing import Any
 
 import jinja2
 
-from qgen import data
-from qgen.corruptions import LABELS as CORRUPTION_LABELS
 from qgen.errors import UnknownNameError
 from qgen.experiments import RunSpec, select_point
-from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS
+from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS, dataset_facts
 
 MEASURE_NAMES = tuple(m.name for m in MEASURES)
 
@@ -73,7 +71,7 @@ def summarize_gaps(
 
 
 def _dataset_label(metrics: Mapping[str, Any]) -> str:
-    return data.dataset_info(metrics["spec"]["dataset"]).label
+    return dataset_facts(metrics["spec"]["dataset"]).label
 
 
 def one_run_per_precision(
@@ -238,6 +236,14 @@ def summarize_corruptions(
     return out
 
 
+def corruption_label(name: str) -> str:
+    """How the paper prints a corruption (the registry's label); imported here so that the other tables'
+    jobs need not load the corruption code (numpy, scipy, PIL)."""
+    from qgen.corruptions import LABELS
+
+    return LABELS.get(name, name)
+
+
 # Column order of the corruption tables, as in the paper: the reference first.
 CORRUPTION_TABLE_PRECISIONS = ("fp32", "int8", "int4", "int2")
 
@@ -280,7 +286,7 @@ def corruption_gaps_context(records: Sequence[Mapping[str, Any]]) -> dict[str, A
             {
                 "dataset": dataset,
                 "model": model,
-                "corruption": CORRUPTION_LABELS.get(corruption, corruption),
+                "corruption": corruption_label(corruption),
                 "cells": [_gap_cell(cells, s, p) for s in severities for p in precisions],
             }
         )
@@ -299,7 +305,7 @@ def corruption_accuracy_context(records: Sequence[Mapping[str, Any]]) -> dict[st
                 {
                     "dataset": dataset,
                     "model": model,
-                    "corruption": CORRUPTION_LABELS.get(corruption, corruption),
+                    "corruption": corruption_label(corruption),
                     "precision": precision,
                     "cells": [_gap_cell(cells, s, precision) for s in severities],
                 }

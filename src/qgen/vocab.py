@@ -221,29 +221,61 @@ class Summary:
     ``result`` is the file each run contributes (in its run directory), ``one_point`` whether each row
     shows one grid point (one run per precision) rather than a whole experiment, and ``settings`` the
     config section, besides the runs, that its results were made with (checked by ``qgen summarize``);
-    ``quantized_only`` leaves FP32 runs out (they have no learned step to show).
+    ``quantized_only`` leaves FP32 runs out (they have no learned step to show). ``rows`` is the config
+    section that lists its rows: table rows, a figure's rows or its one row, or (``population``) the
+    experiments of the rank-correlation analysis, every run of which (or a seeded sample of grid points)
+    is one model. ``rendered`` is what the workflow renders it to: a LaTeX ``table`` or a ``figure``.
     """
 
     name: str
     result: str
     one_point: bool
+    rows: tuple[str, ...]
+    rendered: str
     settings: tuple[str, ...] = ()
     quantized_only: bool = False
+    population: bool = False
 
 
+def _table(name: str, result: str = "metrics.json", **facts: Any) -> Summary:
+    return Summary(name, result, rows=("tables", name), rendered="table", **facts)
+
+
+def _figure(name: str, result: str, **facts: Any) -> Summary:
+    return Summary(name, result, rows=("figures", name), rendered="figure", **facts)
+
+
+_CORRUPTED = {"one_point": True, "settings": ("corruptions", "data")}
+_POPULATION = {"one_point": False, "rows": ("correlation",), "settings": ("measures",), "population": True}
 SUMMARIES: Mapping[str, Summary] = {
     s.name: s
     for s in (
-        Summary("table1", "metrics.json", one_point=False),
-        Summary("table2", "metrics.json", one_point=True),
-        Summary("table3", "measures.json", one_point=True, settings=("measures",)),
-        Summary("table4", "corruptions.csv", one_point=True, settings=("corruptions", "data")),
-        Summary("table5", "corruptions.csv", one_point=True, settings=("corruptions", "data")),
-        Summary("table6", "corruptions.csv", one_point=True, settings=("corruptions", "data")),
-        Summary("figure1", "model.pt", one_point=True, quantized_only=True),
-        Summary("figure2", "landscape", one_point=True, settings=("figures", "figure2", "surface")),
+        _table("table1", one_point=False),
+        _table("table2", one_point=True),
+        _table("table3", "measures.json", one_point=True, settings=("measures",)),
+        _table("table4", "corruptions.csv", **_CORRUPTED),
+        _table("table5", "corruptions.csv", **_CORRUPTED),
+        _table("table6", "corruptions.csv", **_CORRUPTED),
+        _table("regularizer", "measures.json", one_point=True, settings=("measures",)),
+        Summary("correlation", "measures.json", rendered="table", **_POPULATION),
+        _figure("figure1", "model.pt", one_point=True, quantized_only=True),
+        _figure("figure2", "landscape", one_point=True, settings=("figures", "figure2", "surface")),
+        Summary("figure3", "measures.json", rendered="figure", **_POPULATION),
     )
 }
-"""Every summary the workflow can build: the paper's Tables 1-6 and Figures 1-2."""
-TABLE_NAMES = tuple(name for name in SUMMARIES if name.startswith("table"))
-FIGURE_NAMES = tuple(name for name in SUMMARIES if name.startswith("figure"))
+"""Every summary the workflow can build: the paper's Tables 1-6 and Figures 1-2, and beyond the paper the
+regularizer of eq. 7 (per model), the rank correlation of the measures with the gap over a population of
+models, and its scatter plots (Figure 3)."""
+TABLE_NAMES = tuple(name for name, s in SUMMARIES.items() if s.rendered == "table")
+FIGURE_NAMES = tuple(name for name, s in SUMMARIES.items() if s.rendered == "figure")
+
+POPULATION_MEASURES: Mapping[str, str] = {
+    **{m.name: f"{MEASURE_FAMILIES[m.family]} {m.label}" for m in MEASURES},
+    "hessian.top_eigenvalue": "Hessian top eigenvalue",
+    "hessian.trace": "Hessian trace",
+    "norm.w": "||W||",
+    "norm.w_minus_w0": "||W - W0||",
+    "regularizer": "R (eq. 7)",
+}
+"""Measure -> label of every quantity the rank correlation tests as a predictor of the gap, each oriented as
+a complexity (larger: predicts a larger gap)."""

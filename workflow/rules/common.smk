@@ -40,7 +40,8 @@ try:
     )
 except QgenError as error:
     raise WorkflowError(str(error)) from None
-validate(config, schema=SCHEMA)
+# Fills in every default the schema gives (its `default:` values are their only home in the workflow).
+validate(config, schema=SCHEMA, set_default=True)
 
 RUNS = {run.run_id: run for run in expand_runs(config)}
 EXPERIMENTS = experiments_by_name(config)
@@ -76,7 +77,7 @@ wildcard_constraints:
 
 def dataset_root(dataset):
     """Where a dataset lives: an explicit `data_roots` entry, else data/<dataset>."""
-    return config.get("data_roots", {}).get(dataset, f"data/{dataset}")
+    return config["data_roots"].get(dataset, f"data/{dataset}")
 
 
 def download_root(wildcards):
@@ -154,7 +155,7 @@ def table_summary(wildcards):
 
 
 def measure_settings(wildcards):
-    return json.dumps(config.get("measures", {}))
+    return json.dumps(config["measures"])
 
 
 def repo_path(*parts):
@@ -176,7 +177,7 @@ def all_run_metrics():
 
 
 # Corruption robustness (Tables 4-6): where each dataset's corrupted test set lives and how it is made.
-CORRUPTION_DATA = config.get("corruptions", {}).get("data", {})
+CORRUPTION_DATA = config["corruptions"]["data"]
 
 
 def corruption_setting(dataset):
@@ -215,7 +216,7 @@ def run_corruption_setting(wildcards):
 
 
 def corruption_seed(wildcards):
-    return corruption_setting(wildcards.dataset).get("seed", 0)
+    return corruption_setting(wildcards.dataset)["seed"]
 
 
 def corruption_subset(wildcards):
@@ -225,11 +226,11 @@ def corruption_subset(wildcards):
 
 
 def corruption_batch_size(wildcards):
-    return config.get("corruptions", {}).get("batch_size", 500)
+    return config["corruptions"]["batch_size"]
 
 
 # Figures (paper Figures 1-2) and the reproduction report.
-FIGURE_CONFIG = config.get("figures", {})
+FIGURE_CONFIG = config["figures"]
 # The paper tables the report compares with our summaries (those configured in `tables`).
 REPORT_SOURCES = [
     name for name in ("table1", "table2", "table3", "table4") if name in TABLES
@@ -241,12 +242,12 @@ def figure2_surfaces(wildcards):
 
 
 def figure2_options(wildcards):
-    zmax = FIGURE_CONFIG["figure2"].get("zmax")
+    zmax = FIGURE_CONFIG["figure2"]["zmax"]
     return "" if zmax is None else f"--zmax {zmax}"
 
 
 def landscape_settings(wildcards):
-    return json.dumps(FIGURE_CONFIG["figure2"].get("surface", {}))
+    return json.dumps(FIGURE_CONFIG["figure2"]["surface"])
 
 
 def paper_figures():
@@ -293,12 +294,12 @@ DATA_PARALLEL_DATASETS = ("imagenet",)
 # at once in one job (rule train_pack); each run's outputs are then copied out by rule unpack_run.
 # `train_pack_mode: batched` trains a pack in lockstep in one process, so its runs must share their
 # network and data (qgen.packing.lockstep_packs); `processes` (default) runs one process per run.
-PACK_MODE = config.get("train_pack_mode", "processes")
+PACK_MODE = config["train_pack_mode"]
 PACKS = (
     (lockstep_packs if PACK_MODE == "batched" else pack_runs)(
-        RUNS.values(), config["train_pack_size"], config.get("train_pack_models", [])
+        RUNS.values(), config["train_pack_size"], config["train_pack_models"]
     )
-    if config.get("train_pack_size", 1) > 1
+    if config["train_pack_size"] > 1
     else {}
 )
 PACK_OF = {run.run_id: name for name, members in PACKS.items() for run in members}
@@ -329,10 +330,10 @@ SINGLE_EXPERIMENTS = experiments_regex(
 def train_execution(wildcards):
     """How training does its arithmetic (profile keys `train_mixed_precision`, `train_channels_last`,
     `train_compile`), as `qgen train` options."""
-    layout = "--channels-last" if config.get("train_channels_last", True) else "--no-channels-last"
+    layout = "--channels-last" if config["train_channels_last"] else "--no-channels-last"
     return (
-        f"--mixed-precision {config.get('train_mixed_precision', 'auto')} {layout}"
-        f" --compile {config.get('train_compile', 'off')}"
+        f"--mixed-precision {config['train_mixed_precision']} {layout}"
+        f" --compile {config['train_compile']}"
     )
 
 
@@ -381,7 +382,7 @@ def require_results(runs, file, target):
     `snakemake paper_tables/table1.tex` only renders results that exist, unless `allow_training` is set.
     Dry runs and cluster submissions are never refused.
     """
-    if workflow.non_local_exec_or_dryrun or config.get("allow_training", False):
+    if workflow.non_local_exec_or_dryrun or config["allow_training"]:
         return
     missing = [
         r.run_id for r in runs if not os.path.exists(f"results/runs/{r.run_id}/{file}")

@@ -18,6 +18,8 @@ rule corrupt:
         marker="results/data/{dataset}-c.generated.json",
     log:
         "logs/corruptions/{dataset}-c.generated.log",
+    benchmark:
+        "results/benchmarks/corrupt/{dataset}.tsv"
     conda:
         "../../envs/qgen.yaml"
     threads: 2
@@ -40,6 +42,8 @@ rule evaluate_corruptions:
         "results/runs/{experiment}/{precision}/{point}/corruptions.csv",
     log:
         "logs/corruptions/{experiment}/{precision}/{point}.log",
+    benchmark:
+        "results/benchmarks/evaluate_corruptions/{experiment}/{precision}/{point}.tsv"
     conda:
         "../../envs/qgen.yaml"
     threads: 1

@@ -4,7 +4,12 @@ rule figure1:
         config="results/summary/figure1.config.json",
     output:
         pdf="paper_tables/figure1.pdf",
-        png="paper_tables/figure1.png",
+        png=report(
+            "paper_tables/figure1.png",
+            caption="../report/figure1.rst",
+            category="Figures",
+            labels={"figure": "figure1"},
+        ),
         data="paper_tables/figure1.csv",
     log:
         "logs/figures/figure1.log",
@@ -27,6 +32,8 @@ rule landscape:
         "results/landscape/{experiment}/{precision}/{point}.npz",
     log:
         "logs/landscape/{experiment}/{precision}/{point}.log",
+    benchmark:
+        "results/benchmarks/landscape/{experiment}/{precision}/{point}.tsv"
     conda:
         "../../envs/qgen.yaml"
     threads: 1
@@ -47,7 +54,12 @@ rule figure2:
         surfaces=figure2_surfaces,
     output:
         pdf="paper_tables/figure2.pdf",
-        png="paper_tables/figure2.png",
+        png=report(
+            "paper_tables/figure2.png",
+            caption="../report/figure2.rst",
+            category="Figures",
+            labels={"figure": "figure2"},
+        ),
         data="paper_tables/figure2.csv",
     log:
         "logs/figures/figure2.log",

@@ -8,6 +8,8 @@ rule measure:
         "results/runs/{experiment}/{precision}/{point}/measures.json",
     log:
         "logs/measure/{experiment}/{precision}/{point}.log",
+    benchmark:
+        "results/benchmarks/measure/{experiment}/{precision}/{point}.tsv"
     conda:
         "../../envs/qgen.yaml"
     threads: 1

@@ -3,7 +3,11 @@ rule report:
         unpack(report_inputs),
     output:
         md="paper_tables/reproduction.md",
-        html="paper_tables/reproduction.html",
+        html=report(
+            "paper_tables/reproduction.html",
+            caption="../report/reproduction.rst",
+            category="Reproduction report",
+        ),
     log:
         "logs/report.log",
     localrule: True

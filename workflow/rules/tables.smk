@@ -20,7 +20,12 @@ rule render_table:
         config=table_config,
         template=table_template,
     output:
-        "paper_tables/{table}.tex",
+        report(
+            "paper_tables/{table}.tex",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
     log:
         "logs/tables/{table}.render.log",
     localrule: True

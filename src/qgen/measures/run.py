@@ -21,14 +21,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from qgen import data, hessian
+from qgen import data, hessian, quant
 from qgen.errors import QgenError
 from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec, require_known_keys
 from qgen.folding import fold_batchnorm, folded_pairs, materialize_weights
 from qgen.measures.flatness import MeasureSettings, flatness_measures
 from qgen.measures.perturb import EvalSet
 from qgen.norms import weight_parameters
+from qgen.regularizer import RegularizerSettings, initial_step_regularizer, regularizer
 from qgen.runs import load_model, load_run, resolve_device
+from qgen.vocab import PRECISIONS
 
 WeightChoice = Literal["quantized", "latent"]
 
@@ -80,7 +82,8 @@ def eval_subset_index(m: int, subset: int | None, seed: int) -> torch.Tensor | N
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Which network and data a measure job measures, and whether it adds curvature (beyond the paper)."""
+    """Which network and data a measure job measures, and what it adds beyond the paper: curvature, and the
+    regularizer ``R`` of eq. 7 (:mod:`qgen.regularizer`) with ``regularizer_samples`` uniform-noise draws."""
 
     weights: WeightChoice = "quantized"
     eval_subset: int | None = None
@@ -88,6 +91,8 @@ class RunOptions:
     curvature: bool = True
     curvature_iters: int = 100
     curvature_samples: int = 100
+    regularizer: bool = True
+    regularizer_samples: int = 32
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[MeasureSettings, RunOptions]:
@@ -122,6 +127,7 @@ def measure_run(
     }
     if metrics["status"] != "ok":
         return record
+    record["generalization_gap"] = metrics["generalization_gap"]  # what the measures predict
     dev = resolve_device(device)
     network = measured_network(model, run.weights).to(dev)
     reference = measured_network(load_model(run_dir / "init.pt", spec), run.weights).to(dev)
@@ -132,9 +138,38 @@ def measure_run(
         record["curvature"] = curvature_of(
             network, evalset, settings.seed, run.curvature_iters, run.curvature_samples
         )
+    if run.regularizer:
+        noise = RegularizerSettings(noise_samples=run.regularizer_samples, seed=settings.seed)
+        record["regularizer"] = regularizer_of(model.to(dev), spec, evalset, noise)
     record["wall_time_s"] = time.perf_counter() - started
     record["device"] = str(dev)
     return record
+
+
+def regularizer_of(
+    model: nn.Module, spec: RunSpec, evalset: EvalSet, settings: RegularizerSettings
+) -> dict[str, Any]:
+    """``R`` of eq. 7 on the evaluation set (beyond the paper; :mod:`qgen.regularizer`).
+
+    For a quantized run, its realized noise (``realized``) and the uniform-noise expectation with its
+    learned steps, on the trained (unfolded) model. For an FP32 run there is no quantization noise
+    (``realized`` has ``value`` 0); ``initial_step`` holds, per weight bit width, the regularizer LSQ's
+    initial step of the run's own weights would add. Weight noise only: activation quantization, where a
+    run has it, is not part of ``R``.
+    """
+    batches = list(evalset.batches())
+    if quant.bits_of(spec.precision) is not None:
+        return {"realized": asdict(regularizer(model, batches, settings))}
+    widths = sorted({b for b in PRECISIONS.values() if b is not None}, reverse=True)
+    at_widths = {
+        str(bits): asdict(
+            initial_step_regularizer(
+                model, batches, bits, quantize_first_last=spec.quantize_first_last, settings=settings
+            )
+        )
+        for bits in widths
+    }
+    return {"realized": {"value": 0.0}, "initial_step": at_widths}
 
 
 def curvature_of(network: nn.Module, evalset: EvalSet, seed: int, iters: int, samples: int) -> dict[str, Any]:

@@ -1,25 +1,9 @@
-"""Dataset registry and batch loaders.
+"""The registered datasets: their facts, how each is downloaded or checked on disk, and how a split is read.
 
-Every dataset registers a factory under its name; :func:`build_loader` turns a name and a split into a
-:class:`BatchLoader` that yields normalized float32 NCHW images and int64 labels on the requested device.
-
-Two loaders share one contract, that batch order and augmentation are a pure function of
-``(seed, epoch)``, so a training run killed mid-way resumes bit-identically, even from inside an epoch
-(``set_epoch(epoch, start=k)`` skips the first ``k`` batches without computing them):
-
-* :class:`ArrayLoader` (CIFAR-10/100, Digits, Fashion-MNIST) keeps a whole split as one uint8 tensor on the
-  device and crops, flips and normalizes whole batches with tensor ops, in the manner of airbench;
-* :class:`FolderLoader` (ImageNet) wraps a torchvision ``ImageFolder`` in a ``DataLoader`` whose shuffling
-  comes from a seeded generator and whose per-sample transforms are seeded from the sample index, so the
-  batches do not depend on the number of workers.
-
-For data-parallel training each process of ``world`` takes the ``rank``-th of ``world`` contiguous
-slices of every global batch (:class:`Batching`), with the augmentation drawn for the global batch: the
-processes together see exactly the batches one process would, which is what ``DistributedSampler``
-provides, but with a global batch size and an order that do not depend on the number of processes.
-
-The splits are :data:`SPLITS`; ImageNet's ``test`` split is its ``val/`` folder, on which the paper reports
-test accuracy.
+Facts shared with the DAG (label, classes, image size, augmentations) come from :data:`qgen.vocab.DATASETS`;
+normalization statistics and the on-disk formats live here. The public entry points are
+:func:`prepare_dataset` (``qgen download``), :func:`build_loader`, :func:`load_arrays` and
+:func:`image_files`.
 """
 
 from __future__ import annotations
@@ -27,10 +11,8 @@ from __future__ import annotations
 import math
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,20 +20,19 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
+from qgen.data.loaders import ArrayLoader, Batching, BatchLoader, FolderLoader, subset_indices
 from qgen.errors import QgenError
 from qgen.registry import Registry
 from qgen.vocab import DATASETS, resolve_augmentation
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
-_CROP_PADDING = 4  # RandomCrop(32, padding=4), the standard CIFAR augmentation
-ARRAY_AUGMENTATIONS = ("none", "crop", "crop_flip")  # qgen.vocab.AUGMENTATIONS an ArrayLoader implements
 _IMAGENET_RESIZE = 256  # eval resize before the 224 center crop (224 / 0.875)
 _IMAGENET_DIRS = {"train": "train", "test": "val"}
 _DIGITS_TEST_SIZE = 360  # 1797 images: 1437 train, 360 test
@@ -69,87 +50,6 @@ class DatasetInfo:
     std: tuple[float, float, float]
 
 
-class BatchLoader(Protocol):
-    """An epoch-seeded iterable of ``(images, labels)`` batches on one device."""
-
-    num_samples: int
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch whose order and augmentation the next ``iter()`` reproduces, from ``start``."""
-        ...
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        ...
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalized float32 NCHW images and int64 labels, both on the loader's device."""
-        ...
-
-
-# --------------------------------------------------------------------------------------------------------
-# Seeding, subsets and batched augmentation
-
-
-def _mix_seed(*values: int) -> int:
-    """A well-mixed 64-bit seed from non-negative integers, e.g. ``(seed, epoch)``."""
-    return int(np.random.SeedSequence(list(values)).generate_state(1, dtype=np.uint64)[0])
-
-
-def subset_indices(total: int, subset: int | None, seed: int, *, where: str) -> Tensor | None:
-    """Sorted indices of a fixed ``subset``-sized sample of ``total`` items drawn with ``seed``.
-
-    ``None`` when ``subset`` is ``None`` (use everything). ``where`` names the split in error messages.
-    """
-    if subset is None:
-        return None
-    if not 0 < subset <= total:
-        raise QgenError(f"subset={subset} for {where}, which has {total} samples; expected 1..{total}")
-    chosen = np.random.default_rng(seed).permutation(total)[:subset]
-    return torch.from_numpy(np.sort(chosen))
-
-
-def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) -> Tensor:
-    """Crop each image of a batch out of its zero-padded copy, mirrored where ``flip`` is set.
-
-    Image ``i`` becomes rows ``top[i]:top[i]+H`` and columns ``left[i]:left[i]+W`` of the batch padded by
-    ``padding`` zeros on every side, then flipped left-right if ``flip[i]``: exactly torchvision's
-    ``RandomCrop((H, W), padding)`` followed by ``RandomHorizontalFlip`` with those draws.
-    """
-    n, c, h, w = images.shape
-    device = images.device
-    padded = F.pad(images, (padding, padding, padding, padding))
-    cols = torch.arange(w, device=device)
-    rows = top[:, None] + torch.arange(h, device=device)
-    cols = left[:, None] + torch.where(flip[:, None], (w - 1) - cols, cols)
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    channels = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def draw_crop_flip(
-    n: int, generator: torch.Generator, padding: int = _CROP_PADDING, *, flip: bool = True
-) -> Tensor:
-    """The random draws of :func:`random_crop_flip` for ``n`` images: rows ``top``, ``left``, ``flip``.
-
-    Without ``flip`` no flip is drawn and the third row is all zeros (augmentation ``crop``).
-    """
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    return torch.cat([offsets, flips[None].long()])
-
-
-def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = _CROP_PADDING) -> Tensor:
-    """Random crop with zero padding and a horizontal flip with p=0.5, drawn per image from ``generator``."""
-    draws = draw_crop_flip(images.shape[0], generator, padding).to(images.device)
-    return crop_flip(images, draws[0], draws[1], draws[2].bool(), padding)
-
-
-def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """uint8 pixels to float32 ``(x / 255 - mean) / std``; ``mean`` and ``std`` broadcast over channels."""
-    return (images.float().div_(255) - mean) / std
-
-
 def zero_padded_stats(mean: float, std: float, kept: float) -> tuple[float, float]:
     """Pixel mean and std after zero padding, given them before and the fraction ``kept`` of original pixels.
 
@@ -159,187 +59,6 @@ def zero_padded_stats(mean: float, std: float, kept: float) -> tuple[float, floa
     padded_mean = kept * mean
     padded_square = kept * (std**2 + mean**2)
     return padded_mean, math.sqrt(padded_square - padded_mean**2)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Loaders
-
-
-@dataclass(frozen=True)
-class Batching:
-    """How a split is cut into batches, and where they go.
-
-    ``batch_size`` is the global batch; process ``rank`` of ``world`` receives its ``rank``-th contiguous
-    slice (``batch_size / world`` items of a full batch).
-    """
-
-    batch_size: int
-    shuffle: bool
-    seed: int
-    drop_last: bool
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise QgenError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.seed < 0:
-            raise QgenError(f"seed must be >= 0, got {self.seed}")
-        if not 0 <= self.rank < self.world:
-            raise QgenError(f"rank must be in 0..world-1, got rank {self.rank} of world {self.world}")
-        if self.batch_size % self.world:
-            raise QgenError(
-                f"batch_size {self.batch_size} is not divisible by the {self.world} data-parallel processes"
-            )
-
-    def shard(self, items: Tensor) -> Tensor:
-        """This process's slice of a global batch's ``items`` (first dimension); all of it when alone."""
-        return items if self.world == 1 else items.tensor_split(self.world)[self.rank]
-
-
-class _EpochLoader(ABC):
-    """What both loaders share: the epoch that seeds the next iteration, and the batch count."""
-
-    def __init__(self, num_samples: int, batching: Batching) -> None:
-        self.num_samples = num_samples
-        self.batching = batching
-        self._epoch = 0
-        self._start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if epoch < 0:
-            raise QgenError(f"epoch must be >= 0, got {epoch}")
-        if not 0 <= start <= len(self):
-            raise QgenError(f"start batch must be in 0..{len(self)}, got {start}")
-        self._epoch, self._start = epoch, start
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.num_samples, self.batching.batch_size)
-        return full + int(rest > 0 and not self.batching.drop_last)
-
-    def _epoch_seed(self) -> int:
-        return _mix_seed(self.batching.seed, self._epoch)
-
-    def _order(self, generator: torch.Generator) -> Tensor:
-        """The epoch's sample order: a permutation drawn from ``generator`` when shuffling."""
-        if self.batching.shuffle:
-            return torch.randperm(self.num_samples, generator=generator)
-        return torch.arange(self.num_samples)
-
-    @abstractmethod
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
-
-
-class ArrayLoader(_EpochLoader):
-    """Batches from a split held whole on the device as uint8 ``(N, 3, H, W)``; no per-sample Python."""
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: str,
-        batching: Batching,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise QgenError(
-                f"expected uint8 images (N, C, H, W) and N labels, got {images.dtype} images of shape "
-                f"{tuple(images.shape)} and {len(labels)} labels"
-            )
-        super().__init__(len(labels), batching)
-        device = batching.device
-        if augment not in ARRAY_AUGMENTATIONS:
-            raise QgenError(f"augment={augment!r} is not one of {ARRAY_AUGMENTATIONS} for an array dataset")
-        self.images = images.to(device)
-        self.labels = labels.to(device, torch.int64)
-        self.augment = augment
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        generator = torch.Generator().manual_seed(self._epoch_seed())
-        batching = self.batching
-        order = self._order(generator).to(batching.device)
-        size = batching.batch_size
-        for i, start in enumerate(range(0, len(self) * size, size)):
-            index = batching.shard(order[start : start + size])
-            # Skipped batches still draw their augmentation, so the generator reaches later batches intact.
-            draws = (
-                draw_crop_flip(
-                    min(size, self.num_samples - start), generator, flip=self.augment == "crop_flip"
-                )
-                if self.augment != "none"
-                else None
-            )
-            if i < self._start or len(index) == 0:
-                continue
-            images = self.images[index]
-            if draws is not None:
-                draws = batching.shard(draws.T).T.to(batching.device)
-                images = crop_flip(images, draws[0], draws[1], draws[2].bool(), _CROP_PADDING)
-            yield normalize(images, self._mean, self._std), self.labels[index]
-
-
-class _Samples(Protocol):
-    """A map-style dataset of ``(image, label)`` pairs with a length, as ``ImageFolder`` and ``Subset``."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]: ...
-
-
-class _SeededSamples(Dataset[tuple[Tensor, int]]):
-    """A dataset view whose sample ``i`` is transformed under the CPU RNG seeded from ``(epoch_seed, i)``.
-
-    torchvision's random transforms draw from the global torch RNG; seeding it per sample (and restoring it
-    afterwards) makes augmentation independent of worker count and of any other use of that RNG.
-    """
-
-    def __init__(self, samples: _Samples, epoch_seed: int) -> None:
-        self.samples = samples
-        self.epoch_seed = epoch_seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(_mix_seed(self.epoch_seed, index))
-            return self.samples[index]
-
-
-class FolderLoader(_EpochLoader):
-    """Batches from a map-style dataset of transformed images through a ``DataLoader``."""
-
-    def __init__(self, samples: _Samples, *, batching: Batching, workers: int) -> None:
-        super().__init__(len(samples), batching)
-        self.samples = samples
-        self.workers = workers
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch_seed = self._epoch_seed()
-        batching = self.batching
-        order = self._order(torch.Generator().manual_seed(epoch_seed))
-        size = batching.batch_size
-        batches = [
-            batching.shard(order[start : start + size]).tolist() for start in range(0, len(self) * size, size)
-        ]
-        loader = DataLoader(
-            _SeededSamples(self.samples, epoch_seed),
-            batch_sampler=[batch for batch in batches[self._start :] if batch],
-            num_workers=self.workers,
-            pin_memory=batching.device.type == "cuda",
-        )
-        device = batching.device
-        for images, labels in loader:
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Datasets
 
 
 def _require_file(path: Path, dataset: str) -> None:
