@@ -330,11 +330,11 @@ SINGLE_EXPERIMENTS = experiments_regex(
 def train_execution(wildcards):
     """How training does its arithmetic (profile keys `train_mixed_precision`, `train_channels_last`,
     `train_compile`), as `qgen train` options."""
-    layout = "--channels-last" if config["train_channels_last"] else "--no-channels-last"
-    return (
-        f"--mixed-precision {config['train_mixed_precision']} {layout}"
-        f" --compile {config['train_compile']}"
+    layout = (
+        "--channels-last" if config["train_channels_last"] else "--no-channels-last"
     )
+    precision, mode = config["train_mixed_precision"], config["train_compile"]
+    return f"--mixed-precision {precision} {layout} --compile {mode}"
 
 
 def pack_options(wildcards):
