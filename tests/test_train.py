@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.nn import functional as F
 
 from qgen import data, files, quant
@@ -544,3 +545,21 @@ def test_a_run_never_resumes_under_another_mixed_precision(
             execution=Execution("bf16"),
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_the_profile_keys_default_to_the_trainers_defaults() -> None:
+    """`train_mixed_precision`, `train_channels_last`, `train_compile` (schema defaults, what the workflow
+    passes when a profile says nothing) are :class:`Execution`'s defaults; packs default to processes."""
+    schema = yaml.safe_load(
+        (Path(__file__).parent.parent / "workflow/schemas/config.schema.yaml").read_text()
+    )
+    props = schema["properties"]
+    assert (
+        Execution(
+            props["train_mixed_precision"]["default"],
+            props["train_channels_last"]["default"],
+            props["train_compile"]["default"],
+        )
+        == Execution()
+    )
+    assert props["train_pack_mode"]["default"] == "processes"
