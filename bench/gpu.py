@@ -183,7 +183,7 @@ def group_steps(
 ) -> Callable[[Tensor, Tensor], None]:
     """One lockstep training step of ``runs`` (:class:`qgen.group.Lockstep`), under ``execution``."""
     members = [Trainee.start(r, tmp / f"{r.short_digest}-{k}", dev, execution) for k, r in enumerate(runs)]
-    lockstep = Lockstep(members, loaders=None, execution=execution, dev=dev)  # type: ignore[arg-type]
+    lockstep = Lockstep(members, execution, dev)
     lockstep.join(1, 0)
     return lockstep.step
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from qgen import files, quant
+from qgen import data, files, quant
 from qgen.distributed import Replicas
 from qgen.experiments import RunSpec
 from qgen.packing import require_lockstep
@@ -151,9 +151,9 @@ class Lockstep:
     earliest one and a member joins the stack when the group reaches its position.
     """
 
-    def __init__(self, members: Sequence[Trainee], loaders: Loaders, execution: Execution, dev: torch.device):
+    def __init__(self, members: Sequence[Trainee], execution: Execution, dev: torch.device) -> None:
         self.members = list(members)
-        self.loaders, self.execution, self.dev = loaders, execution, dev
+        self.execution, self.dev = execution, dev
         self.template = copy.deepcopy(self.members[0].model).train()
         self.step_names = _step_names(self.template)
         self.active: list[Trainee] = []
@@ -237,15 +237,16 @@ class Lockstep:
         for k, run in enumerate(self.active):
             run.save(self._progress(k, batch))
 
-    def _end_epoch(self, epoch: int, batch: int) -> None:
-        """Close ``epoch`` for every stacked member; the diverged ones leave the stack."""
+    def _end_epoch(self, epoch: int, batch: int, train_eval: data.BatchLoader) -> None:
+        """Close ``epoch`` for every stacked member; the diverged ones leave the stack. ``train_eval`` is
+        the unaugmented training set (for ``select_by: train_loss``)."""
         now = time.perf_counter()
         for k, run in enumerate(self.active):
             done = self._progress(k, batch)
             sums = self.running[id(run)]
             running = Evaluation(done.loss_sum / max(done.seen, 1), done.correct / max(done.seen, 1))
             images_per_s = (done.seen - sums.resumed_seen) / max(now - sums.start, 1e-9)
-            run.end_epoch(epoch, running, images_per_s, self.loaders.train_eval, Replicas())
+            run.end_epoch(epoch, running, images_per_s, train_eval, Replicas())
             run.save(EpochProgress())
             self.running[id(run)] = _Running.of(EpochProgress(), self.dev)
         self.loss_sum.zero_()
@@ -254,9 +255,10 @@ class Lockstep:
         if len(staying) < len(self.active):
             self._restack(staying)
 
-    def train(self, checkpointer: Checkpointer) -> None:
-        """Train every member to its last epoch (or divergence), checkpointing through ``checkpointer``."""
-        loader = self.loaders.train
+    def train(self, loaders: Loaders, checkpointer: Checkpointer) -> None:
+        """Train every member to its last epoch (or divergence) on ``loaders``, checkpointing through
+        ``checkpointer``."""
+        loader = loaders.train
         while (position := self._earliest()) is not None:
             epoch, batch = position
             self.join(epoch, batch)
@@ -268,7 +270,7 @@ class Lockstep:
                     self._save(batch)
                     checkpointer.written()
                 self.join(epoch, batch)
-            self._end_epoch(epoch, batch)
+            self._end_epoch(epoch, batch, loaders.train_eval)
             checkpointer.written()
         self._restack([])
 
@@ -311,7 +313,7 @@ def train_group(
         )
         checkpointer = Checkpointer(checkpoint_every_s, Replicas(), dev)
         with checkpointer.catching_signals():
-            Lockstep(members, loaders, execution, dev).train(checkpointer)
+            Lockstep(members, execution, dev).train(loaders, checkpointer)
         return [
             _finish(member, loaders, run.out_dir, dev, Replicas(), execution, group_size=len(runs))
             for member, run in zip(members, runs, strict=True)

@@ -26,12 +26,15 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qgen import files
 from qgen.errors import QgenError
 from qgen.experiments import RUN_OUTPUTS, RunSpec, digest_of
 from qgen.provenance import require_digest
+
+if TYPE_CHECKING:
+    from qgen.train import Execution
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +194,7 @@ def train_batched(
     manifest: Path,
     device: str = "auto",
     checkpoint_minutes: float = 5.0,
-    execution: Any = None,
+    execution: Execution | None = None,
 ) -> int:
     """Train ``specs`` as one batched group in this process (:func:`qgen.group.train_group`, with
     ``execution``, a :class:`qgen.train.Execution`); write ``manifest`` once every member has finished.
