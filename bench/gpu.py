@@ -219,8 +219,9 @@ def usable(make: Callable[[], Callable[[], None]], name: str) -> Callable[[], No
         return None
 
 
-def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp: Path) -> None:
-    """Part 1: images/s of every variant, interleaved per model and precision."""
+def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp: Path) -> dict[str, float]:
+    """Part 1: images/s of every variant, interleaved per model and precision; returns the NiN int4 rates
+    by variant."""
     batches = data_.batches(sizes.steps)
     bf16 = Execution("bf16" if dev.type == "cuda" else "off")
     compiled = replace(bf16, compile=mode)
@@ -235,6 +236,7 @@ def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp
     print(f"   compiled: torch.compile mode {mode!r}, int4 only (each compile takes a minute)")
     print(f"   {'model':24s} {'prec':5s}" + "".join(f"{name:>24s}" for name in variants))
     single: dict[tuple[str, str], float] = {}
+    nin_int4: dict[str, float] = {}
     for model in sizes.models:
         args = sizes.nin if model == "nin" else sizes.resnet
         for precision in ("fp32", "int4"):
@@ -249,6 +251,8 @@ def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp
             times = interleave(calls, repeats=sizes.repeats, warmup=sizes.warmup - 1)
             rates = {k: variants[k][1] * sizes.steps * sizes.batch / median(v) for k, v in times.items()}
             single[(model, precision)] = rates.get("eager bf16", 0.0)
+            if (model, precision) == ("nin", "int4"):
+                nin_int4 = rates
             label = f"{model}({', '.join(f'{k}={v}' for k, v in args.items())})"
             cells = "".join(f"{rates[k]:24,.0f}" if k in rates else f"{'-':>24s}" for k in variants)
             print(f"   {label:24s} {precision:5s}{cells}")
@@ -256,15 +260,21 @@ def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp
         if single.get((model, "int4")):
             ratio = single[(model, "fp32")] / single[(model, "int4")]
             print(f"   {model}: int4 step / fp32 step (eager bf16) = {ratio:.3f}   target <= 1.05")
+    return nin_int4
 
 
-def sweep(sizes: Sizes, data_: Synthetic, dev: torch.device, tmp: Path) -> None:
-    """Part 2: a 300-epoch NiN amortized over a group, and the sweep's GPU-hours, from measured groups."""
+def sweep(sizes: Sizes, data_: Synthetic, dev: torch.device, tmp: Path, part1: dict[str, float]) -> None:
+    """Part 2: a 300-epoch NiN amortized over a group, and the sweep's GPU-hours, from measured groups;
+    ``part1`` has part 1's NiN int4 rates (images/s by variant), when it ran."""
     batches = data_.batches(sizes.steps)
     per_epoch = (CIFAR_TRAIN // sizes.batch) * sizes.batch
     execution = Execution("bf16" if dev.type == "cuda" else "off")
     print(f"\n2. the NiN sweep in batched groups of {sizes.group} (eager bf16, int4), measured per network;")
     print(f"   a 300-epoch run on {per_epoch:,} images per epoch, amortized over its group")
+    for name, rate in part1.items():
+        if name.startswith("group"):
+            minutes = EPOCHS * per_epoch / rate / 60
+            print(f"   from part 1, NiN({sizes.nin}) int4 {name}: {minutes:.2f} min per run")
     hours, runs = 0.0, 0
     for dataset, depths in sizes.sweep.items():
         for depth in depths:
@@ -383,9 +393,10 @@ def main() -> int:
     started = time.perf_counter()
     data_ = Synthetic(sizes.images, sizes.batch, dev)
     with tempfile.TemporaryDirectory() as tmp:
+        part1: dict[str, float] = {}
         parts = {
-            "throughput": lambda: throughput(sizes, data_, dev, args.compile_mode, Path(tmp)),
-            "sweep": lambda: sweep(sizes, data_, dev, Path(tmp)),
+            "throughput": lambda: part1.update(throughput(sizes, data_, dev, args.compile_mode, Path(tmp))),
+            "sweep": lambda: sweep(sizes, data_, dev, Path(tmp), part1),
             "search": lambda: sigma_search(sizes, data_, dev),
             "pack": lambda: packing(sizes, data_, dev, Path(tmp)),
         }
