@@ -234,6 +234,8 @@ def throughput(sizes: Sizes, data_: Synthetic, dev: torch.device, mode: str, tmp
     }
     print(f"\n1. training throughput, batch {sizes.batch}, images/s; a group counts all its runs' images;")
     print(f"   compiled: torch.compile mode {mode!r}, int4 only (each compile takes a minute)")
+    if dev.type != "cuda":
+        print("   (not on CUDA: the bf16 columns run in float32, as training does there by default)")
     print(f"   {'model':24s} {'prec':5s}" + "".join(f"{name:>24s}" for name in variants))
     single: dict[tuple[str, str], float] = {}
     nin_int4: dict[str, float] = {}
@@ -385,9 +387,9 @@ def main() -> int:
     elif dev.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run bench/gpu.sh on a GPU machine, or --cpu-smoke for a dry run")
         return 2
-    name = (
-        "CPU (smoke: sizes and numbers mean nothing)" if args.cpu_smoke else torch.cuda.get_device_name(dev)
-    )
+    name = "CPU (smoke: sizes and numbers mean nothing)" if args.cpu_smoke else str(dev)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
     print(f"qgen bench/gpu.py on {name}; torch {torch.__version__}")
     Execution().prepare(dev)  # as qgen's trainers: cuDNN benchmark mode on CUDA
     started = time.perf_counter()
