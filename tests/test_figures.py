@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -102,8 +103,40 @@ def test_figure1_rows_are_the_checkpoints_steps_in_layer_order(tmp_path: Path) -
     ):
         summary.summarize(sliced, tmp_path, tmp_path / "landscape")
 
-    figures.plot_step_sizes(records, [tmp_path / "f1.pdf", tmp_path / "f1.png"])
+    fig = figures.plot_step_sizes(records, [tmp_path / "f1.pdf", tmp_path / "f1.png"])
     assert_valid_figure(tmp_path / "f1.pdf", tmp_path / "f1.png", min_width=500)
+    (ax,) = fig.axes
+    layers = [r["layer"] for r in records if r["precision"] == "int8"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == layers  # each layer by its name
+    assert_legend_covers_no_axes(fig)
+
+
+def assert_legend_covers_no_axes(fig) -> None:
+    """One legend, the figure's, drawn outside every panel (so over none of their points)."""
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    legend = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        assert not legend.overlaps(ax.get_window_extent()), "the legend overlaps a panel"
+
+
+def step_records(model: str, layers: list[str]) -> list[dict]:
+    return [
+        {"dataset": "Digits", "model": model, "precision": p, "layer_index": i, "layer": name, "step_size": s}
+        for p, s in (("int8", 0.01), ("int4", 0.04), ("int2", 0.2))
+        for i, name in enumerate(layers, 1)
+    ]
+
+
+def test_figure1_panels_widen_with_their_layers_and_name_shortcuts(tmp_path: Path) -> None:
+    """A ResNet-50-like panel of 49 layers against NiN's 2: its panel is wider, every layer named."""
+    resnet = [f"stages.{s}.{b}.residual.{c}.conv" for s in range(4) for b in range(4) for c in range(3)]
+    resnet.insert(6, "stages.1.0.shortcut.conv")
+    records = step_records("NiN", ["blocks.0.conv2", "blocks.1.conv1"]) + step_records("ResNet-18", resnet)
+    fig = figures.plot_step_sizes(records, [tmp_path / "f1.png"])
+    nin, res = fig.axes
+    assert [t.get_text() for t in res.get_xticklabels()][6] == "stages.1.0.shortcut.conv"
+    assert res.get_window_extent().width > 1.5 * nin.get_window_extent().width
+    assert_legend_covers_no_axes(fig)
 
 
 def synthetic_surface(precision: str, curvature: float) -> Surface:
@@ -152,7 +185,25 @@ def test_figure2_numbers_and_files(tmp_path: Path) -> None:
         "mean_rise": 0,
     }
     outputs = [tmp_path / "f2.pdf", tmp_path / "f2.png"]
-    figures.plot_surfaces(surfaces, ["FP32", "Int8", "Int4", "Int2"], outputs, zmax=5.0)
+    records = [figures.surface_record(s, "NiN (2x1)") for s in surfaces]
+    fig = figures.plot_surfaces(surfaces, records, outputs, zmax=5.0)
     assert_valid_figure(*outputs, min_width=1500)
+    assert (
+        fig.get_suptitle()
+        == "NiN (2x1) on Digits: training loss over 10 of the 400 training images (a fixed subset)"
+    )
+    panels, contours, colorbar = fig.axes[0::2][:4], fig.axes[1::2][:4], fig.axes[-1]
+    assert [ax.get_title() for ax in panels][1] == "Int8\ncentre loss 0.100 (10 images)"
+    assert {ax.get_zlabel() for ax in panels} == {"training loss"}
+    ticks = colorbar.get_yticks()
+    assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)  # round: 1, 2, 3, 4, 5 on [0.1, 5]
+    assert colorbar.get_ylabel() == "training loss" and len(contours) == 4
     with pytest.raises(ValueError, match="empty z-range"):
-        figures.plot_surfaces(surfaces, ["a", "b", "c", "d"], outputs, zmax=0.05)
+        figures.plot_surfaces(surfaces, records, outputs, zmax=0.05)
+
+
+def test_figure2_on_the_whole_training_set_says_so() -> None:
+    surface = synthetic_surface("fp32", 1.0)
+    whole = dataclasses.replace(surface, subset=np.arange(400))
+    assert figures.evaluation_set(whole) == "all 400 training images"
+    assert figures.evaluation_set(surface) == "10 of the 400 training images (a fixed subset)"

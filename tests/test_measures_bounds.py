@@ -110,6 +110,15 @@ def test_bisection_returns_dyadic_midpoints_and_reports_saturation() -> None:
         bisect_scale(lambda s: 0.0, lo=1.0, hi=1.0)
 
 
+def test_bisection_bracket_is_the_interval_its_value_halves() -> None:
+    """s^2 steps 1 (above), .5 (above), .25 (below), .375 (above), .3125 (within): bracket [.25, .375]."""
+    result = bisect_scale(lambda s: s**2)
+    assert result.bracket == (0.25, 0.375) and result.value == (0.25 + 0.375) / 2
+    assert bisect_scale(lambda s: 0.2 * s).bracket == (None, 1.0)  # 1 (above), .5 (within): lo never left
+    assert bisect_scale(lambda s: 0.0).bracket == (2 - 2**-13, None)  # saturated: hi never evaluated
+    assert bisect_scale(lambda s: 1.0).bracket == (None, 2**-13)
+
+
 def test_the_vocabulary_names_each_measure_by_its_family_noise_and_reference() -> None:
     """qgen.vocab describes the eight measures as data; names, searches and equations follow from it."""
     assert [(m.name, m.search, m.label, m.equation) for m in MEASURES] == [

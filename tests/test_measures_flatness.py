@@ -293,6 +293,13 @@ def test_reported_values_follow_from_the_searches(trained, measured) -> None:
     for key in ("sigma", "sigma_mag", "alpha", "alpha_mag"):
         assert out["flatness"][key] == pytest.approx(out["searches"][key]["value"] ** -2)
         assert len(out["searches"][key]["samples_used"]) == out["searches"][key]["iterations"]
+    # The measure at the ends of its search's bracket: here PAC-Bayes orig, eq. 16, at each end.
+    ends = out["searches"]["sigma"]["bracket"]
+    expected = [
+        None if e is None else (bounds.pacbayes(float(w.square().sum()), e, 400) / 400) ** 0.5 for e in ends
+    ]
+    assert out["normalized_bracket"]["pacbayes.orig"] == pytest.approx(expected)
+    assert set(out["normalized_bracket"]) == set(out["normalized"])
 
 
 def test_stopping_when_certain_changes_no_search(trained) -> None:

@@ -18,7 +18,7 @@ from qgen.measures.run import measure_run, measured_network
 from qgen.norms import weight_vector
 from qgen.runs import load_run
 
-from helpers import compile_latex, tiny_spec, train_tiny
+from helpers import tiny_spec, train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = tiny_spec(precision="int4", epochs=3, milestones=[2], n_train=300)
@@ -135,38 +135,3 @@ def test_a_run_of_another_spec_is_refused_naming_the_file_and_keys(run_dir: Path
     files.write_json(copied / "metrics.json", other_metrics)
     with pytest.raises(ProvenanceError, match=r"model.pt was made from another run spec .*digest"):
         measure_run(copied, other, run_dir.parent / "data", SETTINGS, device="cpu")
-
-
-def fake_measures(precision: str, scale: float, saturated: bool) -> dict:
-    spec = dataclasses.replace(SPEC, precision=precision)
-    searches = {
-        k: {"saturated": "upper" if saturated and k == "alpha" else None}
-        for k in ("sigma", "sigma_mag", "alpha", "alpha_mag")
-    }
-    normalized = {name: scale * (i + 1) for i, name in enumerate(tables.MEASURE_NAMES)}
-    return {
-        "spec": json.loads(spec.to_json()),
-        "status": "ok",
-        "normalized": normalized,
-        "searches": searches,
-    }
-
-
-def test_table3_marks_the_lowest_value_and_saturated_searches(tmp_path: Path) -> None:
-    results = [
-        fake_measures("fp32", 1.0, True),
-        fake_measures("int8", 0.5, False),
-        fake_measures("int2", 2.0, False),
-    ]
-    rows = [{"experiment": "nin_digits", "model": "NiN (2x1)", "where": {}}]
-    table = tables.table("table3")
-    files.write_csv(tmp_path / "t3.csv", table.summarize(results, rows))
-    tex = tables.render(
-        ROOT / "workflow/templates/table3.tex.j2", table.context(files.read_csv(tmp_path / "t3.csv"))
-    )
-    lines = {p: next(x for x in tex.splitlines() if f"& {p} &" in x) for p in ("FP32", "Int8", "Int2")}
-    assert lines["Int8"].count(r"\rule") == 8 and r"\rule" not in lines["FP32"] + lines["Int2"]
-    assert lines["FP32"].count(r"$^\dagger$") == 2
-    assert "0.500" in lines["Int8"] and "16.000" in lines["Int2"]
-    if shutil.which("pdflatex"):
-        compile_latex(tex, tmp_path)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
 import pytest
 
 from qgen import files, tables
+from qgen.corruptions import CORRUPTIONS, SEVERITIES
+from qgen.errors import QgenError
 from qgen.experiments import expand_runs
+from qgen.vocab import MEASURES, PRECISIONS, Measure
 
-from helpers import compile_latex, requires_pdflatex
+from helpers import compile_latex, requires_pdflatex, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "workflow" / "templates"
@@ -31,6 +35,7 @@ CONFIG = {
         }
     ],
 }
+ONE_POINT = [{"experiment": "nin_toy", "model": "NiN (2x1)", "where": {"width": 1, "weight_decay": 0.0}}]
 
 
 def fake_metrics(seed: int = 0, diverged: set[str] | None = None) -> list[dict]:
@@ -73,8 +78,7 @@ def test_gap_summary_matches_hand_computation() -> None:
 
 def test_norm_summary_picks_one_point_per_row() -> None:
     metrics = fake_metrics()
-    rows = [{"experiment": "nin_toy", "model": "NiN (x1)", "where": {"width": 1, "weight_decay": 0.0}}]
-    summary = tables.summarize_norms(metrics, rows)
+    summary = tables.summarize_norms(metrics, ONE_POINT)
     expected = {
         m["spec"]["precision"]: m["weight_norm"]
         for m in metrics
@@ -96,33 +100,61 @@ def test_csv_round_trip_keeps_numbers_and_missing_values(tmp_path: Path) -> None
 def test_latex_escape_and_formatting() -> None:
     assert tables.latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
     assert tables.fmt(None, 3) == "--" and tables.fmt(1.23456, 2) == "1.23"
+    assert tables.fmt(-0.0304, 3) == "$-$0.030" and tables.fmt(-0.0004, 3) == "0.000"
     assert tables.fmt_mean_std(1.0, None, 2) == "1.00"
-    assert tables.fmt_mean_std(1.0, 0.25, 2) == r"1.00 $\pm$ 0.25"
+    assert tables.fmt_mean_std(-1.0, 0.25, 2) == r"$-$1.00\,{\scriptsize$\pm$\,0.25}"
+    assert tables.fmt_count(50000) == r"50\,000" and tables.fmt_count(60) == "60"
 
 
-def rendered(tmp_path: Path, name: str, metrics: list[dict], rows: list[dict]) -> str:
+def test_spans_are_consecutive_column_ranges() -> None:
+    got = tables.spans([("a", 4), ("b", 1), ("c", 2)], first=3)
+    assert [(s.label, s.first, s.last, s.width) for s in got] == [
+        ("a", 3, 6, 4),
+        ("b", 7, 7, 1),
+        ("c", 8, 9, 2),
+    ]
+
+
+def rendered(tmp_path: Path, name: str, results: list[dict], rows: list[dict]) -> str:
     table = tables.table(name)
-    files.write_csv(tmp_path / f"{name}.csv", table.summarize(metrics, rows))
+    files.write_csv(tmp_path / f"{name}.csv", table.summarize(results, rows))
     return tables.render(
         TEMPLATES / f"{name}.tex.j2", table.context(files.read_csv(tmp_path / f"{name}.csv"))
     )
+
+
+def cells_of(line: str) -> list[str]:
+    return [c.strip() for c in line.rstrip("\\ ").split("&")]
+
+
+def caption_of(tex: str) -> str:
+    return " ".join(tex[tex.index(r"\caption{") : tex.index(r"\label{")].split())
 
 
 def test_table1_renders_the_summary_values(tmp_path: Path) -> None:
     metrics = fake_metrics(diverged={"nin_toy/int2/width2_sgd-lr0.1_wd0"})
     tex = rendered(tmp_path, "table1", metrics, [{"experiment": "nin_toy", "model": "NiN"}])
     summary = files.read_csv(tmp_path / "table1.csv")
-    int2_line = next(line for line in tex.splitlines() if "& Int2 &" in line)
-    cells = [c.strip() for c in int2_line.rstrip("\\ ").split("&")]
-    assert cells[3:5] == ["4", "1"]
-    assert cells[-1] == tables.fmt_mean_std(summary[3]["gap_mean"], summary[3]["gap_std"], 3)
-    assert tex.count(r"\midrule") == 1 and "Digits & NiN & FP32" in tex
+    header = next(line for line in tex.splitlines() if line.startswith("Precision &"))
+    assert cells_of(header) == ["Precision", "$n$", "div.", *(c.label for c in tables.TABLE1_COLUMNS)]
+    assert r"\begin{tabular}{@{}lrr" + "r" * len(tables.TABLE1_COLUMNS) + "@{}}" in tex
+    int2 = cells_of(next(line for line in tex.splitlines() if line.startswith("Int2 &")))
+    assert int2[:3] == ["Int2", "3", "1"]  # 3 runs averaged, 1 diverged
+    assert int2[-1] == tables.fmt_mean_std(summary[3]["gap_mean"], summary[3]["gap_std"], 3)
+    assert r"\multicolumn{8}{@{}l}{\textit{Digits}, NiN} \\" in tex
+    assert "div.: runs whose loss diverged" in caption_of(tex) and "--:" not in caption_of(tex)
 
 
-def test_table2_pivots_precisions_into_columns(tmp_path: Path) -> None:
+def test_table1_without_divergence_has_no_div_column(tmp_path: Path) -> None:
+    tex = rendered(tmp_path, "table1", fake_metrics(), [{"experiment": "nin_toy", "model": "NiN"}])
+    fp32 = cells_of(next(line for line in tex.splitlines() if line.startswith("FP32 &")))
+    assert fp32[1] == "4" and len(fp32) == 2 + len(tables.TABLE1_COLUMNS)
+    assert "div." not in tex
+
+
+def test_table2_pivots_precisions_into_columns_and_explains_the_dash(tmp_path: Path) -> None:
     metrics = fake_metrics(diverged={"nin_toy/int4/width1_sgd-lr0.1_wd0"})
-    rows = [{"experiment": "nin_toy", "model": "NiN (2x1)", "where": {"width": 1, "weight_decay": 0.0}}]
-    tex = rendered(tmp_path, "table2", metrics, rows)
+    tex = rendered(tmp_path, "table2", metrics, ONE_POINT)
     norms = {
         m["spec"]["precision"]: m.get("weight_norm")
         for m in metrics
@@ -132,7 +164,79 @@ def test_table2_pivots_precisions_into_columns(tmp_path: Path) -> None:
         f"Digits & NiN (2x1) & {norms['int2']:.3f} & -- & {norms['int8']:.3f} & {norms['fp32']:.3f} \\\\"
     )
     assert expected_row in tex
-    assert "Int2 & Int4 & Int8 & FP32" in tex
+    assert "Dataset & Model & Int2 & Int4 & Int8 & FP32" in tex
+    assert "--: no result (the run diverged or was not configured)" in caption_of(tex)
+
+
+def fake_measures(precision: str, scale: float, saturated: bool, bracket: bool = True) -> dict:
+    """A measures.json record: measure k is scale * (k + 1), its bracket ends 5% either side."""
+    spec = tiny_spec(precision=precision)
+    searches = {
+        k: {"saturated": "upper" if saturated and k == "alpha" else None}
+        for k in ("sigma", "sigma_mag", "alpha", "alpha_mag")
+    }
+    normalized = {name: scale * (i + 1) for i, name in enumerate(tables.MEASURE_NAMES)}
+    record = {
+        "spec": json.loads(spec.to_json()),
+        "status": "ok",
+        "normalized": normalized,
+        "searches": searches,
+    }
+    if bracket:
+        record["normalized_bracket"] = {
+            m.name: [None, None] if saturated and m.search == "alpha" else [1.05 * v, 0.95 * v]
+            for m, v in zip(MEASURES, normalized.values(), strict=True)
+        }
+    return record
+
+
+MEASURE_ROWS = [{"experiment": "nin_digits", "model": "NiN (2x1)", "where": {}}]
+
+
+def test_table3_summary_holds_the_range_of_each_measure_over_its_bracket() -> None:
+    results = [fake_measures("fp32", 1.0, True), fake_measures("int8", 0.5, False, bracket=False)]
+    fp32, int8 = tables.summarize_measures(results, MEASURE_ROWS)
+    for k, m in enumerate(MEASURES):
+        open_end = m.search == "alpha"  # saturated: that end bounds nothing
+        expected = (
+            (None, None) if open_end else (pytest.approx(0.95 * (k + 1)), pytest.approx(1.05 * (k + 1)))
+        )
+        assert (fp32[f"{m.name}.low"], fp32[f"{m.name}.high"]) == expected
+        assert (int8[f"{m.name}.low"], int8[f"{m.name}.high"]) == (None, None)  # a record without brackets
+        assert fp32[f"{m.name}.saturated"] is open_end
+
+
+def test_table3_header_comes_from_the_vocabulary_and_marks_lowest_and_saturated(tmp_path: Path) -> None:
+    results = [
+        fake_measures("fp32", 1.0, True),
+        fake_measures("int8", 0.5, False),
+        fake_measures("int2", 2.0, False),
+    ]
+    tex = rendered(tmp_path, "table3", results, MEASURE_ROWS)
+    assert r" & \multicolumn{4}{c}{PAC-Bayesian} & \multicolumn{4}{c}{Sharpness} \\" in tex
+    assert r"\cmidrule(lr){2-5}\cmidrule(lr){6-9}" in tex
+    assert " & Init & Orig & Mag-Init & Mag-Orig & Init & Orig & Mag-Init & Mag-Orig \\\\" in tex
+    lines = {p: next(x for x in tex.splitlines() if x.startswith(f"{p} &")) for p in ("FP32", "Int8", "Int2")}
+    assert lines["Int8"].count(r"\textbf{") == 8 and r"\textbf" not in lines["FP32"] + lines["Int2"]
+    assert lines["FP32"].count(r"$^\dagger$") == 2
+    assert "0.500" in lines["Int8"] and "16.000" in lines["Int2"]
+    assert r"$^\dagger$: the scale search saturated" in caption_of(tex)
+
+
+def test_a_measure_added_to_the_vocabulary_is_a_column_of_table3(tmp_path: Path, monkeypatch) -> None:
+    """No column is counted by hand: a ninth measure (a new family) only needs its vocabulary entry."""
+    extra = Measure("fisher", False, "init")
+    record = fake_measures("fp32", 1.0, False)
+    record["normalized"][extra.name] = 42.0
+    record["searches"][extra.search] = {"saturated": None}
+    monkeypatch.setattr(tables, "MEASURES", (*MEASURES, extra))
+    monkeypatch.setattr(tables, "MEASURE_NAMES", (*tables.MEASURE_NAMES, extra.name))
+    families = {"pacbayes": "PAC-Bayesian", "sharpness": "Sharpness", "fisher": "Fisher"}
+    monkeypatch.setattr(tables, "MEASURE_FAMILIES", families)
+    tex = rendered(tmp_path, "table3", [record], MEASURE_ROWS)
+    assert r"\begin{tabular}{@{}l" + "r" * 9 + "@{}}" in tex
+    assert r"\multicolumn{1}{c}{Fisher}" in tex and r"\cmidrule(lr){10-10}" in tex
+    assert cells_of(next(x for x in tex.splitlines() if x.startswith("FP32 &")))[-1] == r"\textbf{42.000}"
 
 
 @requires_pdflatex
@@ -144,11 +248,10 @@ def test_rendered_tables_compile_with_pdflatex(tmp_path: Path, name: str) -> Non
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
-def fake_corruption_results() -> tuple[list[dict], list[dict]]:
+def fake_corruption_results(source: str = "generated") -> tuple[list[dict], list[dict]]:
     """Per-run corruptions.csv contents for one grid point of CONFIG at every precision, with known gaps."""
-    from qgen.corruptions import CORRUPTIONS, SEVERITIES
-
     results = []
+    data = json.dumps({"source": source, "seed": 1, "images": 10})
     for spec in expand_runs(CONFIG):
         if spec.model_args["width"] != 1 or spec.weight_decay != 0.0:
             continue
@@ -158,6 +261,7 @@ def fake_corruption_results() -> tuple[list[dict], list[dict]]:
                 "corruption": c,
                 "severity": s,
                 "n": 10,
+                "data": data,
                 "loss": 1.0 + 0.1 * s + 0.01 * k + shift,
                 "accuracy": 0.9 - 0.1 * s,
                 "train_loss": 0.5,
@@ -175,44 +279,126 @@ def test_corruption_summary_has_one_row_per_model_precision_corruption_and_sever
     summary = tables.summarize_corruptions(results, rows)
     assert len(summary) == 4 * 15 * 5
     first = summary[0]
-    assert {
-        k: first[k] for k in ("experiment", "dataset", "model", "precision", "corruption", "severity")
-    } == {
+    keys = ("experiment", "dataset", "model", "precision", "corruption", "severity", "n", "source")
+    assert {k: first[k] for k in keys} == {
         "experiment": "nin_toy",
         "dataset": "Digits",
         "model": "NiN",
         "precision": "fp32",
         "corruption": "gaussian_noise",
         "severity": 1,
+        "n": 10,
+        "source": "generated",
     }
     assert first["gap"] == pytest.approx(first["test_loss"] - first["train_loss"])
+    del results[1]["rows"][3]["data"]
+    with pytest.raises(QgenError, match=r"corruptions.csv of nin_toy/int8/.* records no data source"):
+        tables.summarize_corruptions(results, rows)
 
 
 @pytest.mark.parametrize("name", ["table4", "table5"])
-def test_gap_tables_mark_cells_against_fp32(tmp_path: Path, name: str) -> None:
+def test_gap_tables_mark_cells_against_fp32_and_name_the_data(tmp_path: Path, name: str) -> None:
     results, rows = fake_corruption_results()
     tex = rendered(tmp_path, name, results, rows)
-    line = next(x for x in tex.splitlines() if "& Fog &" in x)
-    cells = [c.strip() for c in line.rstrip("\\ ").split("&")][2:]
-    fp32, int8, int4, int2 = cells[:4]  # severity 1: gaps 0.69, 0.68, 0.67 and 0.74
-    assert (fp32, int8, int4, int2) == (
+    lines = tex.splitlines()
+    fog = next(i for i, x in enumerate(lines) if x.startswith("Fog & FP32 &"))
+    by_precision = [cells_of(x) for x in lines[fog : fog + 4]]
+    assert [c[1] for c in by_precision] == ["FP32", "Int8", "Int4", "Int2"]
+    assert [c[0] for c in by_precision] == ["Fog", "", "", ""]
+    # Severity 1: gaps 0.69, 0.68, 0.67 and 0.74.
+    assert [c[2] for c in by_precision] == [
         "0.690",
         r"\qgenbetter{0.680}",
         r"\qgenbetter{0.670}",
         r"\qgenworse{0.740}",
-    )
-    assert len(cells) == 20 and line.startswith(" & Fog")
-    assert "Severity 5" in tex and r"\begin{longtable}" in tex
+    ]
+    assert all(len(c) == 2 + len(SEVERITIES) for c in by_precision)
+    assert r"\multicolumn{7}{@{}l}{NiN ($n = 10$)} \\" in tex and r"\multicolumn{5}{c}{Severity}" in tex
+    caption = caption_of(tex)
+    assert "-C style corruptions of the Digits test images generated by qgen" in caption
+    assert "official" not in caption.replace("not an official", "")
+    assert r"\begin{longtable}" in tex and "landscape" not in tex
+
+
+def test_official_corrupted_data_is_named_so(tmp_path: Path) -> None:
+    results, rows = fake_corruption_results(source="official")
+    caption = caption_of(rendered(tmp_path, "table5", results, rows))
+    assert "the official corrupted Digits test set (Hendrycks \\& Dietterich, 2019)" in caption
+    assert "generated" not in caption
 
 
 def test_table6_lists_gap_and_accuracy_per_precision(tmp_path: Path) -> None:
     results, rows = fake_corruption_results()
     tex = rendered(tmp_path, "table6", results, rows)
     lines = tex.splitlines()
-    fog = next(i for i, x in enumerate(lines) if "& Fog & FP32 &" in x)
-    assert [x.split("&")[2].strip() for x in lines[fog : fog + 4]] == ["FP32", "Int8", "Int4", "Int2"]
-    cells = [c.strip() for c in lines[fog + 3].rstrip("\\ ").split("&")][3:]
+    fog = next(i for i, x in enumerate(lines) if x.startswith("Fog & FP32 &"))
+    assert [cells_of(x)[1] for x in lines[fog : fog + 4]] == ["FP32", "Int8", "Int4", "Int2"]
+    cells = cells_of(lines[fog + 3])[2:]
     assert cells[:2] == [r"\qgenworse{0.740}", "80.00"] and len(cells) == 10
+    assert r"\multicolumn{2}{c}{Severity 5}" in tex and r"\cmidrule(lr){11-12}" in tex
+    assert r"\begin{landscape}" in tex
+
+
+# --------------------------------------------------------------------------------------------------------
+# Every table fits its stated page, with the widest labels and numbers it can meet.
+
+WIDE_MODELS = (("ImageNet-1K", "MobileNet-V2"), ("CIFAR-100", "NiN (12x12)"))
+
+
+def wide_records(name: str) -> list[dict]:
+    """Summary records of table ``name`` with the widest values its columns can meet: 3-digit losses with
+    3-digit standard deviations, negative gaps, 3-digit measures all saturated, negative corruption gaps
+    all marked, 5-digit image counts."""
+    base = [
+        {"experiment": "e", "dataset": d, "model": m, "precision": p, "status": "ok"}
+        for d, m in WIDE_MODELS
+        for p in PRECISIONS
+    ]
+    if name == "table1":
+        wide = {"n_runs": 243, "n_diverged": 12}
+        for c in tables.TABLE1_COLUMNS:
+            mean = 99.99 if c.digits == 2 else (-9.999 if c.key == "gap" else 9.999)
+            wide |= {f"{c.key}_mean": mean, f"{c.key}_std": 10.99 if c.digits == 2 else 9.999}
+        return [r | wide for r in base]
+    if name == "table2":
+        return [r | {"weight_norm": 1238.117} for r in base]
+    if name == "table3":
+        return [
+            r
+            | {m.name: 888.888 if r["precision"] == "fp32" else 999.999 for m in MEASURES}
+            | {f"{m.name}.saturated": True for m in MEASURES}
+            for r in base
+        ]
+    return [
+        r
+        | {"corruption": c, "severity": s, "n": 50000, "source": "official", "test_accuracy": 0.9999}
+        | {"gap": -8.888 if r["precision"] == "fp32" else -9.999}
+        for r in base
+        for c in CORRUPTIONS
+        for s in SEVERITIES
+    ]
+
+
+@requires_pdflatex
+@pytest.mark.parametrize("name", sorted(tables.TABLES))
+def test_every_table_fits_its_stated_page(tmp_path: Path, name: str) -> None:
+    tex = tables.render(TEMPLATES / f"{name}.tex.j2", tables.table(name).context(wide_records(name)))
+    needs = re.search(r"% Needs \\usepackage\{([^}]*)\}", tex).group(1).split(",")
+    compile_latex(tex, tmp_path, packages=tuple(p for p in needs if p != "booktabs"))
+    log = (tmp_path / "doc.log").read_text()
+    assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
+
+
+@requires_pdflatex
+def test_one_more_digit_would_overflow_table1(tmp_path: Path) -> None:
+    """The check above can fail: ten times the widest means do not fit."""
+    records = [
+        r | {f"{c.key}_mean": 10 * r[f"{c.key}_mean"] for c in tables.TABLE1_COLUMNS}
+        for r in wide_records("table1")
+    ]
+    tex = tables.render(TEMPLATES / "table1.tex.j2", tables.gaps_context(records))
+    compile_latex(tex, tmp_path)
+    assert "Overfull \\hbox" in (tmp_path / "doc.log").read_text()
 
 
 @requires_pdflatex

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from qgen import __version__
 from qgen.errors import QgenError
-from qgen.vocab import PRECISION_LABELS
 
 if TYPE_CHECKING:
     from qgen.experiments import RunSpec
@@ -136,7 +135,13 @@ def _render(args: argparse.Namespace) -> None:
     from qgen import files, summary, tables
 
     records = summary.read_summary(args.csv, args.config, args.table)
-    context = tables.table(args.table).context(records)
+    try:
+        context = tables.table(args.table).context(records)
+    except KeyError as exc:
+        raise QgenError(
+            f"{args.csv}: missing column {exc.args[0]!r} (written by an older qgen?); rebuild it with "
+            "`snakemake --forcerun summarize <target>`"
+        ) from None
     source = f"{args.csv} (config digest {records[0][summary.PROVENANCE]})"
     files.write_text(args.out, tables.render(args.template, context, source))
     log.info("wrote %s", args.out)
@@ -180,8 +185,7 @@ def _figure2(args: argparse.Namespace) -> None:
         surfaces.append(surface)
     for r in records:
         log.info("%s: centre loss %.4f, mean rise %.4f", r["run_id"], r["centre_loss"], r["mean_rise"])
-    labels = [PRECISION_LABELS[by_run[s.run_id]["precision"]] for s in surfaces]
-    figures.plot_surfaces(surfaces, labels, args.out, zmax=args.zmax)
+    figures.plot_surfaces(surfaces, [by_run[s.run_id] for s in surfaces], args.out, zmax=args.zmax)
     files.write_csv(args.data, records)
 
 
@@ -197,22 +201,27 @@ def _named(items: Sequence[str], option: str, names: Sequence[str]) -> dict[str,
 
 
 def _report(args: argparse.Namespace) -> None:
-    from qgen import files, report, summary
+    from qgen import files, summary
+    from qgen.report.claims import COVERAGE
+    from qgen.report.paper import read_notes, read_paper_table
+    from qgen.report.render import build_context, render
+    from qgen.report.values import SOURCES, Value, diverged, values_of
 
-    sources: dict[str, list[report.Value] | None] = dict.fromkeys(report.SOURCES)
-    paths = _named(args.results, "--results", report.SOURCES)
-    configs = _named(args.configs, "--configs", report.SOURCES)
-    diverged: list[str] = []
+    sources: dict[str, list[Value] | None] = dict.fromkeys(SOURCES)
+    paths = _named(args.results, "--results", SOURCES)
+    configs = _named(args.configs, "--configs", SOURCES)
+    diverged_cells: list[str] = []
     for name, path in paths.items():
         if name not in configs:
             raise QgenError(f"--results {name}={path} has no --configs {name}=<config slice file>")
         rows = summary.read_summary(path, configs[name], name)
-        sources[name] = report.values_of(name, rows)
-        diverged += report.diverged(name, rows)
-    cells = [cell for path in args.paper for cell in report.read_paper_table(path)]
-    context = report.build_context(cells, sources, report.read_notes(args.notes), diverged)
+        sources[name] = values_of(name, rows)
+        diverged_cells += diverged(name, rows)
+    cells = [cell for path in args.paper for cell in read_paper_table(path)]
+    coverage = COVERAGE if args.coverage is None else args.coverage
+    context = build_context(cells, sources, read_notes(args.notes), diverged_cells, coverage)
     for template, out in zip(args.templates, args.out, strict=True):
-        files.write_text(out, report.render(template, context))
+        files.write_text(out, render(template, context))
         log.info("wrote %s", out)
     log.info("claims on our results: %s", context["counts"])
 
@@ -477,10 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         nargs="*",
         default=[],
-        help="our summaries as NAME=CSV (table1..table4, figure1, figure2)",
+        help="our summaries as NAME=CSV (table1..table5, figure1, figure2)",
     )
     p.add_argument(
         "--configs", nargs="*", default=[], help="NAME=JSON: the config slice each summary must summarise"
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        help="a difference decides a claim when it exceeds this many standard uncertainties "
+        "(default: qgen.report.claims.COVERAGE, 2)",
     )
     p.add_argument(
         "--templates", type=Path, nargs="+", required=True, help="jinja2 templates (.md.j2, .html.j2)"

@@ -70,15 +70,27 @@ def step_size_records(
     return records
 
 
-def plot_step_sizes(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path]) -> None:
-    """Figure 1: one panel per (dataset, model), bin width against layer index, one line per precision."""
+MIN_PANEL_IN, INCH_PER_LAYER, LEGEND_IN = 3.6, 0.16, 0.9
+"""Figure 1's panel widths (inches): at least ``MIN_PANEL_IN``, else ``INCH_PER_LAYER`` per layer."""
+LAYER_FONT_PT = 6
+
+
+def plot_step_sizes(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path]) -> Figure:
+    """Figure 1: one panel per (dataset, model), bin width against layer, one line per precision; the
+    figure written to ``outputs`` is returned.
+
+    Each layer is labelled by its name (rotated under its panel) and the panels widen with their layer
+    count; one legend for all panels stands outside them, so it never covers a point.
+    """
     frame = pd.DataFrame(records)
     frame["Precision"] = frame["precision"].map(PRECISION_LABELS)
     panels = list(dict.fromkeys(zip(frame["dataset"], frame["model"], strict=True)))
     order = [PRECISION_LABELS[p] for p in PRECISIONS if p in set(frame["precision"])]
+    layers = {panel: _layers(frame, *panel) for panel in panels}
+    widths = [max(MIN_PANEL_IN, INCH_PER_LAYER * len(names)) for names in layers.values()]
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
-        fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        fig = Figure(figsize=(sum(widths) + LEGEND_IN, 4.2), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
         for ax, (dataset, model) in zip(axes, panels, strict=True):
             panel = frame[(frame["dataset"] == dataset) & (frame["model"] == model)]
             sns.lineplot(
@@ -90,14 +102,26 @@ def plot_step_sizes(records: Sequence[Mapping[str, Any]], outputs: Sequence[Path
                 palette=PALETTE,
                 marker="o",
                 markersize=4,
+                legend="auto" if ax is axes[0] else False,
                 ax=ax,
             )
             ax.set_yscale("log")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            names = layers[(dataset, model)]
+            ax.set_xticks(list(names), list(names.values()), rotation=90, fontsize=LAYER_FONT_PT)
             ax.set_title(f"{model} ({dataset})")
             ax.set_xlabel("quantized layer")
             ax.set_ylabel("bin width (learned step $s$)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        axes[0].get_legend().remove()
+        fig.legend(handles, labels, title="Precision", loc="outside right upper")
         _save(fig, outputs)
+    return fig
+
+
+def _layers(frame: pd.DataFrame, dataset: str, model: str) -> dict[int, str]:
+    """Layer index -> layer name of one panel of Figure 1, in layer order."""
+    rows = frame[(frame["dataset"] == dataset) & (frame["model"] == model)]
+    return dict(sorted(zip(rows["layer_index"], rows["layer"], strict=True)))
 
 
 def surface_record(surface: Surface, label: str) -> dict[str, Any]:
@@ -138,16 +162,34 @@ def surface_records(
     ]
 
 
-def plot_surfaces(
-    surfaces: Sequence[Surface], labels: Sequence[str], outputs: Sequence[Path], zmax: float | None = None
-) -> None:
-    """Figure 2: per surface a 3-D plot (top) and a filled contour plot (bottom).
+def evaluation_set(surface: Surface) -> str:
+    """Which training images a surface's losses are over, e.g. ``"64 of the 1,437 training images (a
+    fixed subset)"`` or ``"all 50,000 training images"``."""
+    n = len(surface.subset)
+    if n == surface.train_size:
+        return f"all {n:,} training images"
+    return f"{n:,} of the {surface.train_size:,} training images (a fixed subset)"
 
-    All panels share one colour scale and one z-range, from the lowest loss to the highest (or to
-    ``zmax``, above which the surface is clipped for display); each title gives the centre loss.
+
+def plot_surfaces(
+    surfaces: Sequence[Surface],
+    records: Sequence[Mapping[str, Any]],
+    outputs: Sequence[Path],
+    zmax: float | None = None,
+) -> Figure:
+    """Figure 2: per surface a 3-D plot (top) and a filled contour plot (bottom); the figure written to
+    ``outputs`` is returned.
+
+    ``records`` are the surfaces' rows of the Figure 2 summary (:func:`surface_record`), in the same order:
+    the title names their model, dataset and the training images the losses are over. All panels share one
+    colour scale and one z-range, from the lowest loss to the highest (or to ``zmax``, above which the
+    surface is clipped for display); each panel gives its centre loss, on how many images where they are a
+    subset.
     """
     if not surfaces:
         raise QgenError("Figure 2 needs at least one surface")
+    if len(records) != len(surfaces):
+        raise QgenError(f"Figure 2: {len(surfaces)} surfaces but {len(records)} summary rows")
     low = min(float(s.loss.min()) for s in surfaces)
     high = max(float(s.loss.max()) for s in surfaces)
     if zmax is not None:
@@ -157,18 +199,23 @@ def plot_surfaces(
     norm = Normalize(low, high)
     levels = np.linspace(low, high, 21)
     cmap = cm.viridis
+    ticks = [t for t in MaxNLocator(nbins=6).tick_values(low, high) if low <= t <= high]
     with sns.axes_style("white"), sns.plotting_context("paper"):
-        fig = Figure(figsize=(3.4 * len(surfaces), 6.4), layout="constrained")
-        for k, (surface, label) in enumerate(zip(surfaces, labels, strict=True)):
+        fig = Figure(figsize=(3.4 * len(surfaces), 6.8), layout="constrained")
+        fig.suptitle(_figure2_title(surfaces, records))
+        for k, (surface, record) in enumerate(zip(surfaces, records, strict=True)):
             alpha, beta = np.meshgrid(surface.x, surface.y)
             z = np.minimum(surface.loss, high)
-            title = f"{label}\ncentre loss {surface.centre_loss:.3f}"
+            subset = "" if len(surface.subset) == surface.train_size else f" ({len(surface.subset):,} images)"
+            title = f"{PRECISION_LABELS[record['precision']]}\ncentre loss {surface.centre_loss:.3f}{subset}"
             ax3d = fig.add_subplot(2, len(surfaces), k + 1, projection="3d")
             ax3d.plot_surface(alpha, beta, z, cmap=cmap, norm=norm, linewidth=0, antialiased=True)
             ax3d.set_zlim(low, high)
+            ax3d.set_zticks(ticks)
             ax3d.set_title(title)
             ax3d.set_xlabel(r"$\alpha$")
             ax3d.set_ylabel(r"$\beta$")
+            ax3d.set_zlabel("training loss")
             ax = fig.add_subplot(2, len(surfaces), len(surfaces) + k + 1)
             filled = ax.contourf(alpha, beta, z, levels=levels, cmap=cmap, norm=norm)
             ax.contour(alpha, beta, z, levels=levels, colors="k", linewidths=0.3)
@@ -176,8 +223,17 @@ def plot_surfaces(
             ax.set_aspect("equal")
             ax.set_xlabel(r"$\alpha$")
             ax.set_ylabel(r"$\beta$")
-        fig.colorbar(filled, ax=fig.axes, shrink=0.6, label="training loss")
+        fig.colorbar(filled, ax=fig.axes, shrink=0.6, label="training loss", ticks=ticks)
         _save(fig, outputs)
+    return fig
+
+
+def _figure2_title(surfaces: Sequence[Surface], records: Sequence[Mapping[str, Any]]) -> str:
+    """``ResNet-18 on CIFAR-10: training loss over 64 of the 50,000 training images (a fixed subset)``;
+    models, datasets or evaluation sets that differ between panels are all named."""
+    models = " / ".join(dict.fromkeys(f"{r['model']} on {r['dataset']}" for r in records))
+    sets = " / ".join(dict.fromkeys(evaluation_set(s) for s in surfaces))
+    return f"{models}: training loss over {sets}"
 
 
 def _save(fig: Figure, outputs: Sequence[Path]) -> None:

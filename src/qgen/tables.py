@@ -1,12 +1,18 @@
 """Paper tables: summarise run results into tidy CSV files, then render CSV -> LaTeX with jinja2.
 
 Each table has two steps so that a table is always rendered from files, never from in-memory state:
-``summarize_*`` reads ``metrics.json`` files and returns rows (written as CSV), and :func:`render`
-fills a jinja2 template from that CSV.
+``summarize_*`` reads the runs' result files and returns rows (written as CSV), and :func:`render` fills a
+jinja2 template from that CSV. Columns come from the vocabulary (:data:`qgen.vocab.PRECISIONS`,
+:data:`qgen.vocab.MEASURES`, :data:`TABLE1_COLUMNS`), so a template never counts columns by hand.
+
+Every template states the page it is laid out for (a one-column ``article`` page, or a landscape one for
+the corruption tables) and fits it: ``tests/test_tables.py`` compiles each with wide labels and numbers
+and finds no overfull box.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,18 +21,36 @@ from typing import Any
 
 import jinja2
 
-from qgen.errors import UnknownNameError
+from qgen.errors import QgenError, UnknownNameError
 from qgen.experiments import RunSpec, select_point
-from qgen.vocab import MEASURES, PRECISION_LABELS, PRECISIONS, dataset_facts
+from qgen.vocab import MEASURE_FAMILIES, MEASURES, PRECISION_LABELS, PRECISIONS, dataset_facts
 
 MEASURE_NAMES = tuple(m.name for m in MEASURES)
 
-TABLE1_METRICS = {
-    "train_acc": ("train", "accuracy", 100.0),
-    "test_acc": ("test", "accuracy", 100.0),
-    "train_loss": ("train", "loss", 1.0),
-    "test_loss": ("test", "loss", 1.0),
-}
+
+@dataclass(frozen=True)
+class Table1Column:
+    """A quantity of Table 1: its summary key (``<key>_mean``, ``<key>_std``), header, printed decimals,
+    and how it is read from a run's ``metrics.json``."""
+
+    key: str
+    label: str
+    digits: int
+    read: Callable[[Mapping[str, Any]], float]
+
+
+TABLE1_COLUMNS: tuple[Table1Column, ...] = (
+    Table1Column("train_acc", "Train Acc", 2, lambda m: 100.0 * m["train"]["accuracy"]),
+    Table1Column("test_acc", "Test Acc", 2, lambda m: 100.0 * m["test"]["accuracy"]),
+    Table1Column("train_loss", "Train Loss", 3, lambda m: m["train"]["loss"]),
+    Table1Column("test_loss", "Test Loss", 3, lambda m: m["test"]["loss"]),
+    Table1Column("gap", "Gap", 3, lambda m: m["generalization_gap"]),
+)
+"""The columns of the paper's Table 1, in its order (accuracies in percent)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Summaries: run results -> rows
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -35,10 +59,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def _dataset_label(result: Mapping[str, Any]) -> str:
+    return dataset_facts(result["spec"]["dataset"]).label
+
+
 def summarize_gaps(
     metrics: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, str]]
 ) -> list[dict[str, Any]]:
-    """Paper Table 1: per experiment and precision, mean/std of accuracies, losses and the gap.
+    """Paper Table 1: per experiment and precision, mean/std of the :data:`TABLE1_COLUMNS` over its runs.
 
     ``rows`` lists ``{"experiment", "model"}`` (``model``: the display label) in table order. Diverged
     runs are counted, not averaged.
@@ -62,16 +90,11 @@ def summarize_gaps(
                 "n_runs": len(runs),
                 "n_diverged": len(runs) - len(ok),
             }
-            for key, (split, field, scale) in TABLE1_METRICS.items():
-                values = [scale * m[split][field] for m in ok]
-                record[f"{key}_mean"], record[f"{key}_std"] = _mean_std(values)
-            record["gap_mean"], record["gap_std"] = _mean_std([m["generalization_gap"] for m in ok])
+            for column in TABLE1_COLUMNS:
+                mean, std = _mean_std([column.read(m) for m in ok])
+                record[f"{column.key}_mean"], record[f"{column.key}_std"] = mean, std
             out.append(record)
     return out
-
-
-def _dataset_label(metrics: Mapping[str, Any]) -> str:
-    return dataset_facts(metrics["spec"]["dataset"]).label
 
 
 def one_run_per_precision(
@@ -111,13 +134,25 @@ def summarize_norms(
     ]
 
 
+def _bracket_range(result: Mapping[str, Any], name: str) -> tuple[float | None, float | None]:
+    """The lowest and highest value of measure ``name`` over its search's last bracket (the measure at
+    the bracket's two ends and at the searched scale; ``measures.json`` ``normalized_bracket``), or
+    ``(None, None)`` where an end is open (a saturated search) or the record has no bracket."""
+    ends = result.get("normalized_bracket", {}).get(name)
+    if ends is None or None in ends:
+        return None, None
+    values = [result["normalized"][name], *ends]
+    return min(values), max(values)
+
+
 def summarize_measures(
     measures: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """Paper Table 3: the eight normalized measures of one run per row and precision.
 
-    Each measure comes with whether its search saturated (its scale is then a bound, not a value)
-    and the run's curvature where it was measured (CSV only).
+    Each measure comes with whether its search saturated (its scale is then a bound, not a value), the
+    range of the measure over the search's last bracket (``<name>.low``, ``<name>.high``: the resolution of
+    the bisection, :func:`_bracket_range`) and the run's curvature where it was measured (CSV only).
     """
     out = []
     for row, precision, result in one_run_per_precision(measures, rows):
@@ -129,11 +164,58 @@ def summarize_measures(
             record[f"{name}.saturated"] = (
                 result["searches"][measure.search]["saturated"] is not None if ok else None
             )
+            record[f"{name}.low"], record[f"{name}.high"] = (
+                _bracket_range(result, name) if ok else (None, None)
+            )
         curvature = result.get("curvature", {})
         record["hessian_top_eigenvalue"] = curvature.get("top_eigenvalue", {}).get("value")
         record["hessian_trace"] = curvature.get("trace", {}).get("value")
         out.append(record)
     return out
+
+
+def _data_source(cell: Mapping[str, Any], run_id: str) -> str:
+    """``official`` or ``generated``: the source of the corrupted data a ``corruptions.csv`` row records."""
+    try:
+        return json.loads(cell["data"])["source"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise QgenError(
+            f"corruptions.csv of {run_id}: row {cell.get('corruption')}/{cell.get('severity')} records no "
+            "data source ('data' column); rerun evaluate_corruptions"
+        ) from None
+
+
+def summarize_corruptions(
+    results: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Paper Tables 4-6: one row per model, precision, corruption and severity, from ``corruptions.csv``.
+
+    ``gap`` is the corrupted test loss minus the clean training loss (§4.3, App. C.2); ``n`` the number of
+    corrupted images of the cell and ``source`` whether they are the official -C files or generated.
+    """
+    out = []
+    for row, precision, result in one_run_per_precision(results, rows):
+        record = _row_record(row, precision, result)
+        run_id = RunSpec.from_dict(result["spec"]).run_id
+        for cell in result["rows"]:
+            out.append(
+                record
+                | {
+                    "corruption": cell["corruption"],
+                    "severity": cell["severity"],
+                    "n": cell["n"],
+                    "source": _data_source(cell, run_id),
+                    "test_loss": cell["loss"],
+                    "test_accuracy": cell["accuracy"],
+                    "train_loss": cell["train_loss"],
+                    "gap": cell["gap"],
+                }
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Formatting
 
 
 def latex_escape(text: str) -> str:
@@ -153,87 +235,143 @@ def latex_escape(text: str) -> str:
     return "".join(special.get(c, c) for c in str(text))
 
 
+MISSING = "--"
+"""What a table prints for a missing value (its caption says so)."""
+
+
 def fmt(value: float | None, digits: int) -> str:
-    """A number with ``digits`` decimals, or an en dash for a missing value."""
-    return "--" if value is None else f"{value:.{digits}f}"
+    """A number with ``digits`` decimals and a typographic minus (``$-$``), or :data:`MISSING`."""
+    if value is None:
+        return MISSING
+    text = f"{abs(value):.{digits}f}"
+    return f"$-${text}" if value < 0 and float(text) != 0 else text
 
 
 def fmt_mean_std(mean: float | None, std: float | None, digits: int) -> str:
-    """``mean ± std`` in LaTeX, or the mean alone where the std is undefined (a single run)."""
+    """``mean ± std`` in LaTeX (the ``± std`` a size smaller), or the mean alone where the std is undefined
+    (a single run)."""
     if std is None:
         return fmt(mean, digits)
-    return f"{mean:.{digits}f} $\\pm$ {std:.{digits}f}"
+    return f"{fmt(mean, digits)}\\,{{\\scriptsize$\\pm$\\,{fmt(std, digits)}}}"
+
+
+def fmt_count(n: int) -> str:
+    """An integer with thin-space thousands separators (``50\\,000``)."""
+    return f"{n:,}".replace(",", r"\,")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A header cell spanning table columns ``first`` to ``last`` (1-based, for ``\\cmidrule``)."""
+
+    label: str
+    first: int
+    last: int
+
+    @property
+    def width(self) -> int:
+        return self.last - self.first + 1
+
+
+def spans(groups: Sequence[tuple[str, int]], first: int) -> list[Span]:
+    """Consecutive spans of ``(label, columns)`` groups, the first starting at column ``first``."""
+    out = []
+    for label, width in groups:
+        out.append(Span(label, first, first + width - 1))
+        first += width
+    return out
+
+
+def _grouped(records: Sequence[Mapping[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[Any]]:
+    """Records grouped by ``keys``, groups and members in the records' order."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------------
+# Template contexts: summary rows -> what a template lays out
 
 
 def gaps_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Template context of Table 1: the summary rows as they are, one per experiment and precision."""
-    return {"rows": list(records)}
+    """Template context of Table 1: a group per (dataset, model), a row per precision, the
+    :data:`TABLE1_COLUMNS` as columns."""
+    groups = [
+        {"dataset": dataset, "model": model, "rows": members}
+        for (dataset, model), members in _grouped(records, "dataset", "model").items()
+    ]
+    return {
+        "columns": TABLE1_COLUMNS,
+        "groups": groups,
+        "diverged": any(r["n_diverged"] for r in records),
+        "missing": any(r[f"{c.key}_mean"] is None for r in records for c in TABLE1_COLUMNS),
+    }
+
+
+TABLE2_PRECISIONS = tuple(reversed(PRECISIONS))
+"""The paper's Table 2 lists the precisions from the lowest bit width up."""
 
 
 def norms_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Template context of Table 2: one row per (dataset, model) with a column per precision."""
-    pivot: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:
-        row = pivot.setdefault(
-            (r["dataset"], r["model"]), {"dataset": r["dataset"], "model": r["model"], "norm": {}}
-        )
-        row["norm"][r["precision"]] = r["weight_norm"] if r["status"] == "ok" else None
-    return {"rows": list(pivot.values()), "precisions": ["int2", "int4", "int8", "fp32"]}
+    """Template context of Table 2: a group per dataset, one row per model with a column per precision."""
+    groups = []
+    for (dataset,), members in _grouped(records, "dataset").items():
+        rows = [
+            {
+                "model": model,
+                "norm": {r["precision"]: r["weight_norm"] if r["status"] == "ok" else None for r in runs},
+            }
+            for (model,), runs in _grouped(members, "model").items()
+        ]
+        groups.append({"dataset": dataset, "rows": rows})
+    precisions = [p for p in TABLE2_PRECISIONS if any(r["precision"] == p for r in records)]
+    missing = any(row["norm"].get(p) is None for g in groups for row in g["rows"] for p in precisions)
+    return {"groups": groups, "precisions": precisions, "missing": missing}
 
 
 def measures_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Template context of Table 3: rows grouped by model, each cell marked if lowest in its group.
+    """Template context of Table 3: a group per (dataset, model), a row per precision, a column per
+    measure under its family (:data:`qgen.vocab.MEASURE_FAMILIES`).
 
     As in the paper, the lowest value of each measure among a model's precisions is marked.
     """
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["dataset"], r["model"]), []).append(r)
-    rows = []
-    for members in groups.values():
+    groups = []
+    for (dataset, model), members in _grouped(records, "dataset", "model").items():
         lowest = {}
         for name in MEASURE_NAMES:
             values = [r[name] for r in members if r[name] is not None]
             lowest[name] = min(values) if values else None
-        for r in members:
-            cells = [
-                {
-                    "value": r[name],
-                    "lowest": r[name] is not None and r[name] == lowest[name],
-                    "saturated": r[f"{name}.saturated"] is True,
-                }
-                for name in MEASURE_NAMES
-            ]
-            rows.append(
-                {"dataset": r["dataset"], "model": r["model"], "precision": r["precision"], "cells": cells}
-            )
-    return {"rows": rows}
+        rows = [
+            {
+                "precision": r["precision"],
+                "cells": [
+                    {
+                        "value": r[name],
+                        "lowest": r[name] is not None and r[name] == lowest[name],
+                        "saturated": r[f"{name}.saturated"] is True,
+                    }
+                    for name in MEASURE_NAMES
+                ],
+            }
+            for r in members
+        ]
+        groups.append({"dataset": dataset, "model": model, "rows": rows})
+    cells = [c for g in groups for row in g["rows"] for c in row["cells"]]
+    families = [
+        (label, sum(m.family == family for m in MEASURES)) for family, label in MEASURE_FAMILIES.items()
+    ]
+    return {
+        "families": spans(families, first=2),
+        "measures": [m.label for m in MEASURES],
+        "groups": groups,
+        "saturated": any(c["saturated"] for c in cells),
+        "missing": any(c["value"] is None for c in cells),
+    }
 
 
-def summarize_corruptions(
-    results: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """Paper Tables 4-6: one row per model, precision, corruption and severity, from ``corruptions.csv``.
-
-    ``gap`` is the corrupted test loss minus the clean training loss (§4.3, App. C.2).
-    """
-    out = []
-    for row, precision, result in one_run_per_precision(results, rows):
-        record = _row_record(row, precision, result)
-        for cell in result["rows"]:
-            out.append(
-                record
-                | {
-                    "corruption": cell["corruption"],
-                    "severity": cell["severity"],
-                    "n": cell["n"],
-                    "test_loss": cell["loss"],
-                    "test_accuracy": cell["accuracy"],
-                    "train_loss": cell["train_loss"],
-                    "gap": cell["gap"],
-                }
-            )
-    return out
+REFERENCE_PRECISION = next(iter(PRECISIONS))
+"""The precision every corruption-table cell is compared with: full precision, the first of the vocabulary."""
 
 
 def corruption_label(name: str) -> str:
@@ -244,10 +382,6 @@ def corruption_label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-# Column order of the corruption tables, as in the paper: the reference first.
-CORRUPTION_TABLE_PRECISIONS = ("fp32", "int8", "int4", "int2")
-
-
 def _gap_mark(value: float | None, reference: float | None) -> str | None:
     """``"better"`` if a gap is smaller than FP32's, ``"worse"`` if larger, else ``None``."""
     if value is None or reference is None or value == reference:
@@ -255,62 +389,95 @@ def _gap_mark(value: float | None, reference: float | None) -> str | None:
     return "better" if value < reference else "worse"
 
 
-def _corruption_cells(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], dict[Any, Any]]:
-    """(dataset, model, corruption) -> {(severity, precision): summary row}, in the records' order."""
-    cells: dict[tuple[str, str, str], dict[Any, Any]] = {}
-    for r in records:
-        cells.setdefault((r["dataset"], r["model"], r["corruption"]), {})[(r["severity"], r["precision"])] = r
-    return cells
-
-
 def _gap_cell(cells: Mapping[Any, Any], severity: int, precision: str) -> dict[str, Any]:
     row = cells.get((severity, precision))
-    reference = cells.get((severity, "fp32"))
+    reference = cells.get((severity, REFERENCE_PRECISION))
     value = None if row is None else row["gap"]
-    mark = None if precision == "fp32" else _gap_mark(value, None if reference is None else reference["gap"])
+    mark = (
+        None
+        if precision == REFERENCE_PRECISION
+        else _gap_mark(value, None if reference is None else reference["gap"])
+    )
     accuracy = None if row is None or row["test_accuracy"] is None else 100 * row["test_accuracy"]
     return {"value": value, "mark": mark, "accuracy": accuracy}
 
 
-def corruption_gaps_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Template context of Tables 4 and 5: a row per model and corruption, columns severity x precision.
+def _images(members: Sequence[Mapping[str, Any]]) -> str:
+    """The corrupted images per cell of one model, e.g. ``10\\,000`` (or ``60--100`` where cells differ)."""
+    counts = sorted({int(r["n"]) for r in members})
+    return fmt_count(counts[0]) if len(counts) == 1 else f"{fmt_count(counts[0])}--{fmt_count(counts[-1])}"
+
+
+def _corruption_data(records: Sequence[Mapping[str, Any]]) -> str:
+    """Caption words naming the corrupted test sets of ``records``: official files or generated ones."""
+    words = {
+        "official": "the official corrupted {dataset} test set (Hendrycks \\& Dietterich, 2019)",
+        "generated": (
+            "-C style corruptions of the {dataset} test images generated by qgen (not an official -C set)"
+        ),
+    }
+    pairs = dict.fromkeys((r["dataset"], r["source"]) for r in records)
+    return "; ".join(words[source].format(dataset=latex_escape(dataset)) for dataset, source in pairs)
+
+
+def _cells_by_corruption(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str], dict[Any, Any]]:
+    """(corruption,) -> {(severity, precision): summary row}, in the records' order."""
+    return {
+        key: {(r["severity"], r["precision"]): r for r in members}
+        for key, members in _grouped(records, "corruption").items()
+    }
+
+
+def _corruption_context(records: Sequence[Mapping[str, Any]], accuracy: bool) -> dict[str, Any]:
+    """Template context of Tables 4-6: a group per model, a row per corruption and precision, a column per
+    severity (with the accuracy beside the gap if ``accuracy``).
 
     Each gap cell is marked ``better``/``worse`` against the FP32 gap of the same model, corruption and
     severity, as the paper highlights them.
     """
-    precisions = [p for p in CORRUPTION_TABLE_PRECISIONS if any(r["precision"] == p for r in records)]
+    precisions = [p for p in PRECISIONS if any(r["precision"] == p for r in records)]
     severities = sorted({r["severity"] for r in records})
-    rows = []
-    for (dataset, model, corruption), cells in _corruption_cells(records).items():
-        rows.append(
+    models = []
+    for (dataset, model), members in _grouped(records, "dataset", "model").items():
+        rows = [
             {
-                "dataset": dataset,
-                "model": model,
                 "corruption": corruption_label(corruption),
-                "cells": [_gap_cell(cells, s, p) for s in severities for p in precisions],
+                "first": k == 0,
+                "precision": precision,
+                "cells": [_gap_cell(cells, s, precision) for s in severities],
             }
-        )
-    return {"rows": rows, "precisions": precisions, "severities": severities}
+            for (corruption,), cells in _cells_by_corruption(members).items()
+            for k, precision in enumerate(p for p in precisions if any(key[1] == p for key in cells))
+        ]
+        models.append({"dataset": dataset, "model": model, "images": _images(members), "rows": rows})
+    if accuracy:
+        severity_spans = spans([(f"Severity {s}", 2) for s in severities], first=3)
+        columns = ["Gap", "Acc"] * len(severities)
+    else:
+        severity_spans = spans([("Severity", len(severities))], first=3)
+        columns = [str(s) for s in severities]
+    cells = [c for m in models for row in m["rows"] for c in row["cells"]]
+    return {
+        "reference": REFERENCE_PRECISION,
+        "severities": severities,
+        "corruptions": len({r["corruption"] for r in records}),
+        "data": _corruption_data(records),
+        "models": models,
+        "accuracy": accuracy,
+        "severity_spans": severity_spans,
+        "columns": columns,
+        "missing": any(c["value"] is None or (accuracy and c["accuracy"] is None) for c in cells),
+    }
+
+
+def corruption_gaps_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Template context of Tables 4 and 5: the gap per severity (:func:`_corruption_context`)."""
+    return _corruption_context(records, accuracy=False)
 
 
 def corruption_accuracy_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Template context of Table 6: a row per model, corruption and precision; gap, accuracy per severity."""
-    severities = sorted({r["severity"] for r in records})
-    rows = []
-    for (dataset, model, corruption), cells in _corruption_cells(records).items():
-        for precision in CORRUPTION_TABLE_PRECISIONS:
-            if not any(key[1] == precision for key in cells):
-                continue
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "model": model,
-                    "corruption": corruption_label(corruption),
-                    "precision": precision,
-                    "cells": [_gap_cell(cells, s, precision) for s in severities],
-                }
-            )
-    return {"rows": rows, "severities": severities}
+    """Template context of Table 6: gap and top-1 accuracy per severity (:func:`_corruption_context`)."""
+    return _corruption_context(records, accuracy=True)
 
 
 @dataclass(frozen=True)
@@ -362,12 +529,7 @@ def render(template: Path | str, context: Mapping[str, Any], source: str = "a qg
     env.globals |= {
         "fmt_mean_std": fmt_mean_std,
         "precision_label": PRECISION_LABELS.get,
-        "groupby_first": _first_of_group,
+        "dash": MISSING,
         "source": source,
     }
     return env.get_template(path.name).render(**context)
-
-
-def _first_of_group(records: Sequence[Mapping[str, Any]], index: int, *keys: str) -> bool:
-    """Whether ``records[index]`` starts a new group of equal ``keys`` (for multirow-style labels)."""
-    return index == 0 or any(records[index][k] != records[index - 1][k] for k in keys)

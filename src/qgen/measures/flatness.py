@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -282,13 +282,16 @@ class FlatnessSearch:
 
 
 def bound_values(
-    w: Tensor, w0: Tensor, scales: dict[str, float], m: int, settings: MeasureSettings
-) -> dict[str, float]:
-    """The eight raw measures of App. A (:data:`qgen.vocab.MEASURES`) from the weights and searched scales."""
+    w: Tensor, w0: Tensor, scales: Mapping[str, float | None], m: int, settings: MeasureSettings
+) -> dict[str, float | None]:
+    """The eight raw measures of App. A (:data:`qgen.vocab.MEASURES`) from the weights and searched scales
+    (``None`` for a measure whose search has no scale)."""
     dist = w - w0
     norm_sq = {"init": float(dist.square().sum()), "orig": float(w.square().sum())}
     return {
-        measure.name: bounds.measure_value(
+        measure.name: None
+        if scales[measure.search] is None
+        else bounds.measure_value(
             measure,
             norm_sq[measure.reference],
             dist,
@@ -298,6 +301,18 @@ def bound_values(
             settings.delta,
         )
         for measure in MEASURES
+    }
+
+
+def bracket_values(
+    w: Tensor, w0: Tensor, results: Mapping[str, SearchResult], m: int, settings: MeasureSettings
+) -> dict[str, list[float | None]]:
+    """Each normalized measure at the two ends of its search's bracket (``None`` at an open end): what the
+    bisection's resolution allows the measure to be, Table 3's uncertainty (docs/decisions.md)."""
+    ends = [bound_values(w, w0, {k: r.bracket[i] for k, r in results.items()}, m, settings) for i in (0, 1)]
+    return {
+        name: [None if end[name] is None else bounds.normalized(end[name], m) for end in ends]
+        for name in ends[0]
     }
 
 
@@ -337,5 +352,6 @@ def flatness_measures(
         "flatness": {k: 1 / v**2 for k, v in scales.items()},
         "raw": raw,
         "normalized": {k: bounds.normalized(v, m) for k, v in raw.items()},
+        "normalized_bracket": bracket_values(w, w0, results, m, settings),
         "forward_images": search.evaluator.images_evaluated,
     }

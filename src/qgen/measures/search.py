@@ -30,12 +30,18 @@ def bisection_move(deviation: float, target: float, tol: float) -> Move:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Outcome of :func:`bisect_scale`; ``trajectory`` holds ``(scale, deviation)`` per midpoint."""
+    """Outcome of :func:`bisect_scale`; ``trajectory`` holds ``(scale, deviation)`` per midpoint.
+
+    ``bracket`` is the interval whose midpoint ``value`` is, the search's resolution: each end an evaluated
+    midpoint, or ``None`` where it is still an end of ``[lo, hi]`` (never evaluated, so the search bounds
+    nothing on that side).
+    """
 
     value: float
     iterations: int
     converged: bool
     saturated: Literal["lower", "upper"] | None
+    bracket: tuple[float | None, float | None]
     trajectory: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -58,11 +64,12 @@ def bisect_scale(
     lower, upper = lo, hi
     for _ in range(depth):
         scale = (lower + upper) / 2
+        bracket = (None if lower == lo else lower, None if upper == hi else upper)
         dev = deviation(scale)
         trajectory.append((scale, dev))
         move = bisection_move(dev, target, tol)
         if move == "within":
-            return SearchResult(scale, len(trajectory), True, None, trajectory)
+            return SearchResult(scale, len(trajectory), True, None, bracket, trajectory)
         if move == "above":
             upper = scale
         else:
@@ -72,4 +79,4 @@ def bisect_scale(
         saturated = "lower"
     elif upper == hi:
         saturated = "upper"
-    return SearchResult(trajectory[-1][0], len(trajectory), False, saturated, trajectory)
+    return SearchResult(trajectory[-1][0], len(trajectory), False, saturated, bracket, trajectory)
