@@ -123,7 +123,8 @@ class Protocol:
         s, noisy = self.settings, copy.deepcopy(self.model)
         with torch.no_grad():
             for p in noisy.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * gaussian_std(p, scale, mag, s.noise, s.epsilon))
+                noise = torch.randn(p.shape, generator=gen, device=gen.device)
+                p.add_(noise * gaussian_std(p, scale, mag, s.noise, s.epsilon))
         return noisy
 
     def ascended(self, scale: float, mag: bool, gen: torch.Generator) -> nn.Module:
@@ -146,7 +147,8 @@ class Protocol:
         s, mag = self.settings, name.endswith("_mag")
         perturb = self.noisy if name.startswith("sigma") else self.ascended
         base = self.accuracy(self.model.eval())
-        gen = torch.Generator().manual_seed(10348628753 + s.seed)
+        device = next(self.model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(10348628753 + s.seed)
 
         def deviation(scale: float) -> float:
             accs = [self.accuracy(perturb(scale, mag, gen).eval()) for _ in range(s.samples)]

@@ -56,6 +56,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="models and batch channels-last, as qgen.train trains by default (default: yes)",
+    )
     return parser.parse_args()
 
 
@@ -77,10 +83,13 @@ def spec(model: str, model_args: dict[str, Any], precision: str) -> RunSpec:
     )
 
 
-def training_step(spec_: RunSpec, images: Tensor, labels: Tensor) -> Callable[[], None]:
+def training_step(
+    spec_: RunSpec, images: Tensor, labels: Tensor, memory_format: torch.memory_format
+) -> Callable[[], None]:
     """One training step of a fresh model built from ``spec_`` (seed 0), as ``train_epoch`` runs it."""
     torch.manual_seed(0)
-    model: nn.Module = build_model(spec_).train()
+    model: nn.Module = build_model(spec_).to(memory_format=memory_format).train()
+    images = images.contiguous(memory_format=memory_format)
     optimizer = build_optimizer(model, spec_)
     steps = quant.step_parameters(model)
 
@@ -101,17 +110,19 @@ def main() -> int:
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=generator)
     size = args.image_size
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
     print(
         f"LSQ step / FP32 step, {args.precision}, batch {args.batch_size}x3x{size}x{size}, {threads} threads,"
+        f" {'channels-last' if args.channels_last else 'contiguous'},"
         f" {args.warmup} warm-up + {args.repeats} interleaved repeats, ms per step"
     )
     passed = True
     for name in args.models:
         model_args = {"depth": args.depth, "width": args.width} if name == "nin" else {}
         steps = {
-            "fp32": training_step(spec(name, model_args, "fp32"), images, labels),
-            args.precision: training_step(spec(name, model_args, args.precision), images, labels),
-            CONTROL: training_step(spec(name, model_args, "fp32"), images, labels),
+            "fp32": training_step(spec(name, model_args, "fp32"), images, labels, layout),
+            args.precision: training_step(spec(name, model_args, args.precision), images, labels, layout),
+            CONTROL: training_step(spec(name, model_args, "fp32"), images, labels, layout),
         }
         times = interleave(steps, repeats=args.repeats, warmup=args.warmup)
         shown = ", ".join(f"{k}={v}" for k, v in model_args.items())

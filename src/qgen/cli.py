@@ -17,6 +17,7 @@ from qgen.vocab import REPORTED, SUMMARIES, TABLE_NAMES
 
 if TYPE_CHECKING:
     from qgen.experiments import RunSpec
+    from qgen.train import Execution
 
 log = logging.getLogger("qgen")
 
@@ -48,26 +49,45 @@ def _train(args: argparse.Namespace) -> None:
             device=args.device,
             workers=args.workers,
             checkpoint_every_s=60 * args.checkpoint_minutes,
+            execution=_execution(args),
         )
     except Stopped as exc:
         log.warning("%s", exc)
         sys.exit(EXIT_STOPPED)
 
 
+def _execution(args: argparse.Namespace) -> Execution:
+    """The :class:`qgen.train.Execution` of --mixed-precision, --channels-last and --compile."""
+    from qgen.train import Execution
+
+    return Execution(args.mixed_precision, args.channels_last, args.compile)
+
+
+def _execution_options(args: argparse.Namespace) -> list[str]:
+    """--mixed-precision, --channels-last and --compile as command-line options, to pass on."""
+    layout = "--channels-last" if args.channels_last else "--no-channels-last"
+    return ["--mixed-precision", args.mixed_precision, layout, "--compile", args.compile]
+
+
 def _train_many(args: argparse.Namespace) -> None:
     from qgen.experiments import RunSpec
-    from qgen.packing import train_many
+    from qgen.packing import train_batched, train_many
 
     specs = [RunSpec.from_dict(spec) for spec in json.loads(args.specs)]
-    status = train_many(
-        specs,
+    where = dict(
         data_root=args.data_root,
         ckpt_root=args.ckpt_root,
         manifest=args.manifest,
         device=args.device,
-        threads=args.threads,
         checkpoint_minutes=args.checkpoint_minutes,
     )
+    if args.batched:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        status = train_batched(specs, **where, execution=_execution(args))
+    else:
+        status = train_many(specs, **where, threads=args.threads, execution_options=_execution_options(args))
     if status:
         sys.exit(status)
 
@@ -337,6 +357,25 @@ def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str
         default=5.0,
         help="also checkpoint inside an epoch this often (default: 5); always after every epoch",
     )
+    # Choices as qgen.train.MIXED_PRECISION and COMPILE_MODES (repeated: the CLI imports torch lazily).
+    p.add_argument(
+        "--mixed-precision",
+        choices=("auto", "bf16", "off"),
+        default="auto",
+        help="bf16 autocast of the training forward; auto: on CUDA only (default)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with channels-last tensors (default: yes)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=("off", "default", "reduce-overhead", "max-autotune"),
+        default="off",
+        help="torch.compile mode of the training step; reduce-overhead adds CUDA graphs (default: off)",
+    )
 
 
 def _add_summary_config(p: argparse.ArgumentParser) -> None:
@@ -378,10 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (ImageNet)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("train-many", help="train a pack of runs concurrently on one device")
+    p = sub.add_parser("train-many", help="train a pack of runs at once on one device")
     p.add_argument("--specs", required=True, help="the runs as a JSON list of qgen.experiments.RunSpec")
     p.add_argument("--ckpt-root", type=Path, required=True, help="resume state goes to <ckpt-root>/<run id>")
     p.add_argument("--manifest", type=Path, required=True, help="JSON written once every run has finished")
+    p.add_argument(
+        "--batched",
+        action="store_true",
+        help="train the runs in lockstep in this process, one vmapped step for all (qgen.group); "
+        "default: one `qgen train` process per run",
+    )
     _add_training_options(p, threads=(1, "CPU threads shared by the runs (default: 1)"))
     p.set_defaults(func=_train_many)
 

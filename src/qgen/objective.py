@@ -88,6 +88,13 @@ def oscillation_regularizer(model: nn.Module) -> Tensor:
     return total
 
 
+def training_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """The mean cross-entropy of a batch with its labels (paper §4.2): the whole objective of a run that
+    neither distils nor regularizes its bins, and the term :class:`Objective` starts from. Every trainer
+    (one run, data-parallel, a batched group) computes it here and nowhere else."""
+    return F.cross_entropy(logits, labels)
+
+
 @dataclass
 class Objective:
     """``objective(logits, images, labels, epoch)``: a run's training loss (module docstring).
@@ -103,7 +110,7 @@ class Objective:
 
     def __call__(self, logits: Tensor, images: Tensor, labels: Tensor, epoch: int) -> Tensor:
         if self.teacher is None:
-            loss = F.cross_entropy(logits, labels)
+            loss = training_loss(logits, labels)
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(images)

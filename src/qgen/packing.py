@@ -1,11 +1,19 @@
-"""Training several small runs at once in one allocation (one GPU), each in its own ``qgen train`` process.
+"""Training several small runs at once in one allocation (one GPU): as processes, or as one batched group.
 
 The paper's NiN sweep is ~2,000 trainings that each leave most of a modern GPU idle; training a pack of
-them concurrently on one device costs one GPU for about the time of the slowest member instead of one
-GPU per run (``bench/packing.py`` measures the requested GPU-hours). Every member is an ordinary
-``qgen train`` subprocess: it checkpoints and resumes on its own, and writes its outputs to its
-``<ckpt_dir>/<short digest>/final`` directory, from which ``qgen unpack`` copies them into the run's
-result directory. SIGTERM/SIGUSR1 are passed on to the members, which checkpoint and stop.
+them at once on one device costs one GPU for about the time of the slowest member instead of one GPU
+per run (``bench/packing.py`` sums the requested GPU-hours, ``bench/gpu.sh`` measures throughput). A
+pack is trained one of two ways (:data:`MODES`):
+
+* ``processes``: every member is an ordinary ``qgen train`` subprocess on the same device; it
+  checkpoints and resumes on its own. SIGTERM/SIGUSR1 are passed on to the members.
+* ``batched``: the members train in lockstep in this process (:func:`qgen.group.train_group`), one
+  vmapped forward and backward for all; they must agree in every field of :func:`lockstep_key`
+  (:func:`lockstep_packs` forms such packs).
+
+Either way each member writes its outputs to its ``<ckpt_dir>/<short digest>/final`` directory, from
+which ``qgen unpack`` copies them into the run's result directory. This module does not import torch, so
+that the Snakefile can form packs.
 """
 
 from __future__ import annotations
@@ -15,19 +23,87 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qgen import files
 from qgen.errors import QgenError
-from qgen.experiments import RUN_OUTPUTS, RunSpec
+from qgen.experiments import RUN_OUTPUTS, RunSpec, digest_of
 from qgen.provenance import require_digest
+
+if TYPE_CHECKING:
+    from qgen.train import Execution
 
 log = logging.getLogger(__name__)
 
 PACK_SCHEMA_VERSION = 2
 EXIT_STOPPED = 75  # as qgen.train.EXIT_STOPPED; repeated so that this module does not import torch
+MODES = ("processes", "batched")
+STEPPING_FIELDS = (
+    "experiment",
+    "point",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "gamma",
+    "milestones",
+    "step_weight_decay",
+)
+"""Run-spec fields in which the members of a batched group may differ: how each one steps (and its name).
+
+Every other field (dataset and subsets, model and its arguments, precision, augmentation, batch size,
+seed, epochs, selection rule, code version) fixes the network, the batches and the number of steps,
+which the members share."""
+
+
+def lockstep_key(spec: RunSpec) -> dict[str, Any]:
+    """The fields of ``spec`` that runs trained in lockstep share (all but :data:`STEPPING_FIELDS`)."""
+    return {k: v for k, v in spec.to_dict().items() if k not in STEPPING_FIELDS}
+
+
+def require_lockstep(specs: Sequence[RunSpec]) -> None:
+    """Refuse runs that cannot be trained in lockstep, naming the first pair and the fields that differ."""
+    if not specs:
+        raise QgenError("a batched group needs at least one run")
+    first = lockstep_key(specs[0])
+    for spec in specs[1:]:
+        key = lockstep_key(spec)
+        differ = sorted(k for k in first if key[k] != first[k])
+        if differ:
+            raise QgenError(
+                f"runs {specs[0].run_id} and {spec.run_id} differ in {differ}: a batched group's runs may "
+                f"differ only in {list(STEPPING_FIELDS)}; train them in separate groups"
+            )
+
+
+def lockstep_packs(runs: Iterable[RunSpec], size: int, models: Iterable[str]) -> dict[str, list[RunSpec]]:
+    """Packs of at most ``size`` runs of one experiment that can train in lockstep, for the ``models``.
+
+    Runs are grouped by experiment and :func:`lockstep_key` (in the order each key first appears), and
+    each group is cut into packs of ``size`` in run order: the NiN sweep's 27 optimizer x learning rate x
+    weight decay points of one depth, width and precision form one group. Packs are named
+    ``<experiment>/pack<size>-<index>`` like :func:`qgen.experiments.pack_runs`'s. Runs of other models
+    are not packed.
+    """
+    if size < 1:
+        raise QgenError(f"train_pack size must be >= 1, got {size}")
+    packable = set(models)
+    groups: dict[str, list[RunSpec]] = {}
+    for run in runs:
+        if run.model in packable:
+            groups.setdefault(digest_of([run.experiment, lockstep_key(run)]), []).append(run)
+    packs: dict[str, list[RunSpec]] = {}
+    counts: dict[str, int] = {}
+    for members in groups.values():
+        experiment = members[0].experiment
+        for start in range(0, len(members), size):
+            index = counts.get(experiment, 0)
+            counts[experiment] = index + 1
+            packs[f"{experiment}/pack{size}-{index:04d}"] = members[start : start + size]
+    return packs
 
 
 @dataclass(frozen=True)
@@ -57,8 +133,10 @@ def train_many(
     device: str = "auto",
     threads: int = 1,
     checkpoint_minutes: float = 5.0,
+    execution_options: Sequence[str] = (),
 ) -> int:
-    """Train ``specs`` concurrently on ``device``; write ``manifest`` once every member has finished.
+    """Train ``specs`` concurrently on ``device`` as ``qgen train`` processes (given ``execution_options``,
+    e.g. ``--compile default``); write ``manifest`` once every member has finished.
 
     Returns 0 on success, :data:`EXIT_STOPPED` if a member stopped on a signal (rerun to resume), 1 if a
     member failed (its log says why). Members already finished (a ``final/metrics.json``) are not rerun.
@@ -80,6 +158,7 @@ def train_many(
             "--device", device,
             "--threads", str(threads_each),
             "--checkpoint-minutes", str(checkpoint_minutes),
+            *execution_options,
         ]  # fmt: skip
         with open(member.ckpt_dir / "train.log", "ab") as out:
             running[member.spec.run_id] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -103,6 +182,50 @@ def train_many(
         return 1
     if any(code == EXIT_STOPPED for code in codes.values()):
         return EXIT_STOPPED
+    write_manifest(manifest, pack)
+    return 0
+
+
+def train_batched(
+    specs: Sequence[RunSpec],
+    *,
+    data_root: Path,
+    ckpt_root: Path,
+    manifest: Path,
+    device: str = "auto",
+    checkpoint_minutes: float = 5.0,
+    execution: Execution | None = None,
+) -> int:
+    """Train ``specs`` as one batched group in this process (:func:`qgen.group.train_group`, with
+    ``execution``, a :class:`qgen.train.Execution`); write ``manifest`` once every member has finished.
+
+    Returns 0 on success and :data:`EXIT_STOPPED` if a stop signal arrived (every member checkpointed;
+    rerun to resume). Members already finished (a ``final/metrics.json``) are not rerun.
+    """
+    from qgen.group import GroupRun, train_group
+    from qgen.train import Stopped
+
+    pack = members(specs, ckpt_root)
+    pending = [m for m in pack if not (m.final_dir / "metrics.json").exists()]
+    log.info("training %d of %d runs as one batched group on %s", len(pending), len(pack), device)
+    if pending:
+        try:
+            train_group(
+                [GroupRun(m.spec, m.ckpt_dir, m.final_dir) for m in pending],
+                data_root=data_root,
+                device=device,
+                checkpoint_every_s=60 * checkpoint_minutes,
+                execution=execution,
+            )
+        except Stopped as exc:
+            log.warning("%s", exc)
+            return EXIT_STOPPED
+    write_manifest(manifest, pack)
+    return 0
+
+
+def write_manifest(manifest: Path, pack: Sequence[Member]) -> None:
+    """The pack's manifest: where each finished member's outputs are, and its spec digest."""
     files.write_json(
         manifest,
         {
@@ -111,7 +234,6 @@ def train_many(
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         },
     )
-    return 0
 
 
 def unpack(manifest: Path, spec: RunSpec, out_dir: Path) -> None:

@@ -18,6 +18,14 @@ augmentation are a function of ``(seed, epoch)`` only, and the loaders skip the 
 epoch had already trained on. The initial weights are rebuilt from the seed on every start and checked
 against the digest the state recorded, so ``init.pt`` is always the W0 of this very spec.
 
+How the arithmetic is carried out is an :class:`Execution`, not part of the run spec: bf16 autocast
+(on by default on CUDA, off on a CPU), channels-last tensors (on by default) and ``torch.compile`` (off
+by default; ``reduce-overhead`` adds CUDA graphs). Each changes the numbers only by float rounding (bf16
+autocast by bf16 rounding of the activations and of the matrix products' inputs), so the digest stays
+the experiment's; ``metrics.json`` records the execution, and a run never resumes under another mixed
+precision than it started with. The loss is the run's :class:`qgen.objective.Objective` (cross-entropy,
+or distillation, plus VVTQ's bin regularizer), :func:`qgen.objective.training_loss` where it is plain.
+
 Under ``torchrun`` the run is data-parallel (:mod:`qgen.distributed`): every process trains on its slice
 of each global batch, only rank 0 writes (and locks), and the checkpoint holds the global state, so a run
 may resume with another number of processes.
@@ -33,15 +41,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from qgen import data, files, quant
@@ -49,12 +56,14 @@ from qgen.distributed import Replicas
 from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.norms import weight_norm
-from qgen.objective import Objective, build_objective
+from qgen.objective import Objective, build_objective, training_loss
 from qgen.runs import Evaluation, build_model, evaluate, resolve_device, tensors_digest
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+MIXED_PRECISION = ("auto", "bf16", "off")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 SELECTION = ("epoch_loss", "train_loss")
 PROGRESS_EVERY_S = 30.0
 CHECKPOINT_EVERY_S = 300.0
@@ -64,6 +73,69 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: the job did not fail, it should be run again (
 
 class Stopped(Exception):
     """Training stopped on a signal after writing its checkpoint; the same command resumes it."""
+
+
+Compilable = TypeVar("Compilable", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run's arithmetic is carried out on its device; none of it is part of the run spec.
+
+    ``mixed_precision``: ``"bf16"`` runs forward and loss under ``torch.autocast(dtype=torch.bfloat16)``
+    (the backward follows the forward's dtypes; parameters, gradients and optimizer state stay float32,
+    and the quantizers keep their grid as :mod:`qgen.quant` provides), ``"off"`` runs in float32,
+    ``"auto"`` means bf16 on CUDA and off elsewhere. ``channels_last``: the model's 4-d tensors and every
+    batch in ``torch.channels_last`` layout (faster convolutions on CPUs and tensor cores alike).
+    ``compile``: ``torch.compile`` mode of the training forward (``"off"``: eager; ``"reduce-overhead"``
+    also captures CUDA graphs).
+    """
+
+    mixed_precision: str = "auto"
+    channels_last: bool = True
+    compile: str = "off"
+
+    def __post_init__(self) -> None:
+        for key, choices in (("mixed_precision", MIXED_PRECISION), ("compile", COMPILE_MODES)):
+            if getattr(self, key) not in choices:
+                raise QgenError(f"{key} must be one of {', '.join(choices)}; got {getattr(self, key)!r}")
+
+    def resolved(self, device: torch.device) -> Execution:
+        """These options with ``"auto"`` replaced by the choice for ``device``."""
+        if self.mixed_precision != "auto":
+            return self
+        return replace(self, mixed_precision="bf16" if device.type == "cuda" else "off")
+
+    def prepare(self, device: torch.device) -> None:
+        """Process-wide settings for training on ``device``: on CUDA, cuDNN picks the fastest convolution
+        algorithm for each shape once (the shapes of a run never change; the choice is float rounding)."""
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[object]:
+        """The autocast context of a training forward (a resolved execution)."""
+        if self.mixed_precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def batch(self, images: Tensor) -> Tensor:
+        """A batch of images in this execution's memory layout."""
+        return images.contiguous(memory_format=self.memory_format)
+
+    def compiled(self, step: Compilable) -> Compilable:
+        """``step`` (a module or a function) under ``torch.compile`` in this execution's mode, or ``step``
+        itself when off."""
+        if self.compile == "off":
+            return step
+        return cast(Compilable, torch.compile(step, mode=self.compile))
+
+
+PLAIN = Execution(mixed_precision="off", channels_last=False)
+"""Eager float32 in the standard layout: the path every fast one is tested against."""
 
 
 def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
@@ -147,19 +219,21 @@ def train_epoch(
     progress: EpochProgress | None = None,
     checkpoint: tuple[Checkpointer, Callable[[EpochProgress], None]] | None = None,
     replicas: Replicas | None = None,
+    execution: Execution | None = None,
     objective: Objective | None = None,
 ) -> tuple[Evaluation, float]:
     """One pass of mini-batch training; returns the running loss/accuracy and images per second.
 
-    The loss is ``objective(logits, images, labels, epoch)`` (:mod:`qgen.objective`), by default the
-    cross-entropy with the labels; the running loss is that objective's.
-
     The loss is accumulated on the device and checked once per epoch, so no step waits on the host.
     ``progress`` resumes an epoch after its first ``progress.batch`` batches; ``checkpoint`` is a
     :class:`Checkpointer` and the function writing the state with the epoch's progress when it is due.
-    With ``replicas``, sums and progress are over all data-parallel processes.
+    With ``replicas``, sums and progress are over all data-parallel processes. ``execution`` (a resolved
+    :class:`Execution`; default the plain path: float32, batches as they come) sets autocast and the
+    batches' layout. The loss is ``objective(logits, images, labels, epoch)`` (:mod:`qgen.objective`), by
+    default :func:`~qgen.objective.training_loss`; the running loss is that objective's.
     """
     replicas = replicas or Replicas()
+    execution = execution or PLAIN
     progress = progress or EpochProgress()
     model.train()
     loader.set_epoch(epoch, start=progress.batch)
@@ -172,10 +246,13 @@ def train_epoch(
     seen = resumed.seen
     start = last_report = time.perf_counter()
     for i, (images, labels) in enumerate(loader, progress.batch + 1):
-        logits = model(images)
-        loss = (
-            F.cross_entropy(logits, labels) if objective is None else objective(logits, images, labels, epoch)
-        )
+        with execution.autocast(device):
+            logits = model(execution.batch(images))
+            loss = (
+                training_loss(logits, labels)
+                if objective is None
+                else objective(logits, images, labels, epoch)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -222,9 +299,10 @@ class TrainState:
     spec: str
     init_digest: str
     progress: dict[str, Any] = field(default_factory=lambda: asdict(EpochProgress()))
+    mixed_precision: str = "off"
 
     @classmethod
-    def fresh(cls, model: nn.Module, spec: RunSpec, init_digest: str) -> TrainState:
+    def fresh(cls, model: nn.Module, spec: RunSpec, init_digest: str, mixed_precision: str) -> TrainState:
         """The state before the first epoch; the initial weights stand in as the best so far."""
         return cls(
             epoch=0,
@@ -239,15 +317,18 @@ class TrainState:
             diverged_at=None,
             spec=spec.to_json(),
             init_digest=init_digest,
+            mixed_precision=mixed_precision,
         )
 
 
 def _clone(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in state_dict.items()}
+    """Detached contiguous copies (a channels-last model's weights are saved in the standard layout)."""
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state_dict.items()}
 
 
-def _load_state(path: Path, spec: RunSpec, init_digest: str) -> TrainState | None:
-    """The resume state in ``path``, checked to continue exactly this spec from these initial weights."""
+def _load_state(path: Path, spec: RunSpec, init_digest: str, mixed_precision: str) -> TrainState | None:
+    """The resume state in ``path``, checked to continue exactly this spec from these initial weights
+    under the mixed precision it was started with."""
     if not path.exists():
         return None
     restart = f"delete {path.parent} to restart this run from scratch"
@@ -264,6 +345,12 @@ def _load_state(path: Path, spec: RunSpec, init_digest: str) -> TrainState | Non
         raise ProvenanceError(
             f"{path}: the initial weights rebuilt from seed {spec.seed} differ from those this run started "
             f"from (did torch, timm or the pretrained weights change?); {restart}"
+        )
+    if state.mixed_precision != mixed_precision:
+        raise ProvenanceError(
+            f"{path}: this run started with mixed precision {state.mixed_precision!r} and would continue "
+            f"with {mixed_precision!r}; pass --mixed-precision {state.mixed_precision} to continue it as it "
+            f"started, or {restart}"
         )
     return state
 
@@ -283,24 +370,30 @@ def train(
     device: str = "auto",
     workers: int = 0,
     checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    execution: Execution | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` to completion (resuming from ``ckpt_dir/<short digest>``) and write its outputs.
 
     ``ckpt_dir`` is the run's checkpoint directory (e.g. ``results/checkpoints/<run id>``); it holds the
     lock and one state directory per spec digest. Data-parallel when started by ``torchrun``
-    (:class:`qgen.distributed.Replicas`). Raises :class:`Stopped` after checkpointing when one of
+    (:class:`qgen.distributed.Replicas`). ``execution`` (default :class:`Execution`'s defaults) says how
+    the arithmetic is done. Raises :class:`Stopped` after checkpointing when one of
     :data:`STOP_SIGNALS` arrives, and :class:`~qgen.errors.LockedError` if another process trains the run.
     """
     if spec.select_by not in SELECTION:
         raise QgenError(f"select_by must be one of {SELECTION}, got {spec.select_by!r}")
     replicas = Replicas.from_env()
     dev = replicas.device(resolve_device(device))
+    execution = (execution or Execution()).resolved(dev)
+    execution.prepare(dev)
     lock = files.exclusive_lock(ckpt_dir, f"run {spec.run_id}") if replicas.writer else nullcontext()
     with lock:
         replicas.start(dev)
         try:
             checkpointer = Checkpointer(checkpoint_every_s, replicas, dev)
-            return _train(spec, data_root, out_dir, state_dir(ckpt_dir, spec), dev, workers, checkpointer)
+            return _train(
+                spec, data_root, out_dir, state_dir(ckpt_dir, spec), dev, workers, checkpointer, execution
+            )
         finally:
             replicas.stop()
 
@@ -308,6 +401,192 @@ def train(
 def state_dir(ckpt_dir: Path, spec: RunSpec) -> Path:
     """Where the resume state of ``spec`` lives inside the run's checkpoint directory."""
     return ckpt_dir / spec.short_digest
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """A run's three loaders: augmented shuffled training batches, and unaugmented training and test sets."""
+
+    train: data.BatchLoader
+    train_eval: data.BatchLoader
+    test: data.BatchLoader
+
+    @classmethod
+    def of(
+        cls, spec: RunSpec, data_root: Path, dev: torch.device, workers: int, replicas: Replicas
+    ) -> Loaders:
+        args = dict(
+            root=data_root,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            device=dev,
+            workers=workers,
+            rank=replicas.rank,
+            world=replicas.world,
+        )
+        return cls(
+            train=data.build_loader(
+                spec.dataset,
+                "train",
+                augment=spec.augment,
+                shuffle=True,
+                drop_last=True,
+                subset=spec.n_train,
+                **args,
+            ),
+            train_eval=data.build_loader(
+                spec.dataset, "train", augment="none", shuffle=False, subset=spec.n_train, **args
+            ),
+            test=data.build_loader(
+                spec.dataset, "test", augment="none", shuffle=False, subset=spec.n_test, **args
+            ),
+        )
+
+
+@dataclass(eq=False)
+class Trainee:
+    """One run being trained: its model, optimizer, schedule and resume state, and what it writes.
+
+    :func:`train` trains one; :mod:`qgen.group` trains several in lockstep. Both start it with
+    :meth:`start`, write its state with :meth:`save` and close each epoch with :meth:`end_epoch`, so a
+    run's state and history mean the same whichever trained it.
+    """
+
+    spec: RunSpec
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    init_state: dict[str, Tensor]
+    state: TrainState
+    state_path: Path
+    writer: bool
+    objective: Objective
+    segment_start: float = field(default_factory=time.perf_counter)
+    elapsed_before: float = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        spec: RunSpec,
+        state_dir: Path,
+        dev: torch.device,
+        execution: Execution,
+        writer: bool = True,
+        calibrate: Callable[[nn.Module], None] | None = None,
+    ) -> Trainee:
+        """The run of ``spec`` on ``dev``: W0 rebuilt from the seed, resumed from ``state_dir/state.pt``
+        when it exists (checked to be this spec's, from this W0, under this mixed precision). On a fresh
+        start of a model with activation quantizers, ``calibrate(model)`` sets their steps (LSQ: from the
+        first training batch); a resumed state holds them."""
+        torch.manual_seed(spec.seed)
+        model = build_model(spec)
+        init_state = _clone(model.state_dict())  # W0, rebuilt identically from the seed on every start
+        init_digest = tensors_digest(init_state)
+        model = model.to(dev, memory_format=execution.memory_format)
+        objective = build_objective(spec, model, dev)
+        optimizer = build_optimizer(model, spec)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=spec.milestones, gamma=spec.gamma
+        )
+        state_path = state_dir / "state.pt"
+        if writer and not (state_dir / "spec.json").exists():
+            files.write_json(
+                state_dir / "spec.json",
+                {"run_id": spec.run_id, "digest": spec.digest, "spec": spec.to_dict()},
+            )
+        state = _load_state(state_path, spec, init_digest, execution.mixed_precision)
+        if state is None:
+            if quant.activation_quantizers(model):
+                if calibrate is None:
+                    raise QgenError(
+                        f"{spec.run_id}: a {spec.precision} run needs its activation steps calibrated"
+                    )
+                calibrate(model)
+            state = TrainState.fresh(model, spec, init_digest, execution.mixed_precision)
+        else:
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+            scheduler.load_state_dict(state.scheduler)
+            log.info(
+                "%s: resuming after epoch %d of %d, batch %d",
+                spec.run_id,
+                state.epoch,
+                spec.epochs,
+                state.progress["batch"],
+            )
+        return cls(spec, model, optimizer, scheduler, init_state, state, state_path, writer, objective)
+
+    @property
+    def done(self) -> bool:
+        """Whether training is over: every epoch trained, or the run diverged."""
+        return self.state.epoch >= self.spec.epochs or self.state.diverged_at is not None
+
+    def resume_segment(self) -> None:
+        """Count the wall time from now on (the run starts or rejoins training)."""
+        self.segment_start, self.elapsed_before = time.perf_counter(), self.state.elapsed_s
+
+    def save(self, progress: EpochProgress) -> None:
+        """Record ``progress`` and the current weights, optimizer and schedule; the writer saves them."""
+        state = self.state
+        state.progress = asdict(progress)
+        state.elapsed_s = self.elapsed_before + time.perf_counter() - self.segment_start
+        state.model = _clone(self.model.state_dict())  # a copy: the weights may be views of a group's stack
+        state.optimizer = self.optimizer.state_dict()
+        state.scheduler = self.scheduler.state_dict()
+        if self.writer:
+            # vars(), not asdict(): asdict deep-copies tensors and rebuilds the scheduler's Counter wrongly.
+            files.save_torch(self.state_path, vars(state))
+
+    def end_epoch(
+        self,
+        epoch: int,
+        running: Evaluation,
+        images_per_s: float,
+        train_eval: data.BatchLoader,
+        replicas: Replicas,
+    ) -> None:
+        """Close ``epoch``: step the schedule, stop on a non-finite loss (``diverged``), else keep the
+        weights if the selection loss (:data:`SELECTION`) is the lowest so far and append the history."""
+        spec, state = self.spec, self.state
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if not math.isfinite(running.loss):
+            state.diverged_at = epoch
+            log.warning(
+                "%s: loss became non-finite in epoch %d; stopping (status: diverged)", spec.run_id, epoch
+            )
+        else:
+            loss = (
+                running.loss
+                if spec.select_by == "epoch_loss"
+                else evaluate(self.model, train_eval, replicas).loss
+            )
+            if loss < state.best_loss:
+                state.best_epoch, state.best_loss, state.best_model = (
+                    epoch,
+                    loss,
+                    _clone(self.model.state_dict()),
+                )
+            state.history.append(
+                {
+                    "epoch": epoch,
+                    "loss": running.loss,
+                    "accuracy": running.accuracy,
+                    "lr": lr,
+                    "images_per_s": images_per_s,
+                }
+            )
+            log.info(
+                "%s: epoch %d/%d  loss %.4f  acc %.2f%%  lr %.3g  %.0f img/s",
+                spec.run_id,
+                epoch,
+                spec.epochs,
+                running.loss,
+                100 * running.accuracy,
+                lr,
+                images_per_s,
+            )
+        state.epoch = epoch
 
 
 def _train(
@@ -318,160 +597,69 @@ def _train(
     dev: torch.device,
     workers: int,
     checkpointer: Checkpointer,
+    execution: Execution,
 ) -> dict[str, Any]:
     replicas = checkpointer.replicas
-    loader_args = dict(
-        root=data_root,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        device=dev,
-        workers=workers,
-        rank=replicas.rank,
-        world=replicas.world,
-    )
-    train_loader = data.build_loader(
-        spec.dataset,
-        "train",
-        augment=spec.augment,
-        shuffle=True,
-        drop_last=True,
-        subset=spec.n_train,
-        **loader_args,
-    )
-    train_eval_loader = data.build_loader(
-        spec.dataset, "train", augment="none", shuffle=False, subset=spec.n_train, **loader_args
-    )
-    test_loader = data.build_loader(
-        spec.dataset, "test", augment="none", shuffle=False, subset=spec.n_test, **loader_args
-    )
+    loaders = Loaders.of(spec, data_root, dev, workers, replicas)
 
-    torch.manual_seed(spec.seed)
-    model = build_model(spec)
-    init_state = _clone(model.state_dict())  # W0, rebuilt identically from the seed on every start
-    init_digest = tensors_digest(init_state)
-    model = model.to(dev)
-    objective = build_objective(spec, model, dev)
-    optimizer = build_optimizer(model, spec)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
-    stepped: nn.Module = model
+    def calibrate(model: nn.Module) -> None:  # LSQ: activation steps from the first training batch
+        loaders.train.set_epoch(1)
+        images, _ = next(iter(loaders.train))
+        quant.calibrate_activations(model, images, lambda t: replicas.sum(t) / replicas.world)
+
+    run = Trainee.start(spec, ckpt_dir, dev, execution, writer=replicas.writer, calibrate=calibrate)
+    stepped: nn.Module = run.model
     if replicas.parallel:
-        stepped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    state_path = ckpt_dir / "state.pt"
-    if replicas.writer and not (ckpt_dir / "spec.json").exists():
-        files.write_json(
-            ckpt_dir / "spec.json", {"run_id": spec.run_id, "digest": spec.digest, "spec": spec.to_dict()}
-        )
-    state = _load_state(state_path, spec, init_digest)
-    if state is None:
-        if quant.activation_quantizers(model):  # LSQ: activation steps from the first training batch
-            train_loader.set_epoch(1)
-            images, _ = next(iter(train_loader))
-            quant.calibrate_activations(model, images, lambda t: replicas.sum(t) / replicas.world)
-        state = TrainState.fresh(model, spec, init_digest)
-    else:
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        log.info(
-            "%s: resuming after epoch %d of %d, batch %d",
-            spec.run_id,
-            state.epoch,
-            spec.epochs,
-            state.progress["batch"],
-        )
-
+        stepped = DistributedDataParallel(run.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    stepped = execution.compiled(stepped)
     log.info(
         "%s: training on %s%s, %d train / %d test images",
         spec.run_id,
         dev,
         f" ({replicas.world} data-parallel processes)" if replicas.parallel else "",
-        train_eval_loader.num_samples,
-        test_loader.num_samples,
+        loaders.train_eval.num_samples,
+        loaders.test.num_samples,
     )
-    segment_start, elapsed_before = time.perf_counter(), state.elapsed_s
+    run.resume_segment()
 
     def save(progress: EpochProgress) -> None:
-        state.progress = asdict(progress)
-        state.elapsed_s = elapsed_before + time.perf_counter() - segment_start
-        state.model, state.optimizer, state.scheduler = (
-            model.state_dict(),
-            optimizer.state_dict(),
-            scheduler.state_dict(),
-        )
-        if replicas.writer:
-            # vars(), not asdict(): asdict deep-copies tensors and rebuilds the scheduler's Counter wrongly.
-            files.save_torch(state_path, vars(state))
+        run.save(progress)
         checkpointer.written()
 
     with checkpointer.catching_signals():
-        while state.epoch < spec.epochs and state.diverged_at is None:
-            epoch = state.epoch + 1
+        while not run.done:
+            epoch = run.state.epoch + 1
             running, images_per_s = train_epoch(
                 stepped,
-                train_loader,
-                optimizer,
+                loaders.train,
+                run.optimizer,
                 epoch,
-                progress=EpochProgress(**state.progress),
+                progress=EpochProgress(**run.state.progress),
                 checkpoint=(checkpointer, save),
                 replicas=replicas,
-                objective=objective,
+                execution=execution,
+                objective=run.objective,
             )
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            if not math.isfinite(running.loss):
-                state.diverged_at = epoch
-                log.warning(
-                    "%s: loss became non-finite in epoch %d; stopping (status: diverged)", spec.run_id, epoch
-                )
-            else:
-                loss = (
-                    running.loss
-                    if spec.select_by == "epoch_loss"
-                    else evaluate(model, train_eval_loader, replicas).loss
-                )
-                if loss < state.best_loss:
-                    state.best_epoch, state.best_loss, state.best_model = (
-                        epoch,
-                        loss,
-                        _clone(model.state_dict()),
-                    )
-                state.history.append(
-                    {
-                        "epoch": epoch,
-                        "loss": running.loss,
-                        "accuracy": running.accuracy,
-                        "lr": lr,
-                        "images_per_s": images_per_s,
-                    }
-                )
-                log.info(
-                    "epoch %d/%d  loss %.4f  acc %.2f%%  lr %.3g  %.0f img/s",
-                    epoch,
-                    spec.epochs,
-                    running.loss,
-                    100 * running.accuracy,
-                    lr,
-                    images_per_s,
-                )
-            state.epoch = epoch
+            run.end_epoch(epoch, running, images_per_s, loaders.train_eval, replicas)
             save(EpochProgress())
 
-    return _finish(spec, state, model, init_state, train_eval_loader, test_loader, out_dir, dev, replicas)
+    return _finish(run, loaders, out_dir, dev, replicas, execution)
 
 
 def _finish(
-    spec: RunSpec,
-    state: TrainState,
-    model: nn.Module,
-    init_state: dict[str, Tensor],
-    train_eval_loader: data.BatchLoader,
-    test_loader: data.BatchLoader,
+    run: Trainee,
+    loaders: Loaders,
     out_dir: Path,
     dev: torch.device,
     replicas: Replicas,
+    execution: Execution,
+    group_size: int = 1,
 ) -> dict[str, Any]:
-    """Evaluate the selected epoch; rank 0 writes ``model.pt``, ``init.pt`` and finally ``metrics.json``."""
+    """Evaluate the selected epoch in float32; rank 0 writes ``model.pt``, ``init.pt`` and finally
+    ``metrics.json``. ``group_size`` is the number of runs trained in lockstep with this one
+    (:mod:`qgen.group`), recorded with the execution."""
+    spec, state, model = run.spec, run.state, run.model
+    train_eval_loader, test_loader = loaders.train_eval, loaders.test
     model.load_state_dict(state.best_model)
     metrics: dict[str, Any] = {
         "schema_version": RUN_SCHEMA_VERSION,
@@ -486,6 +674,7 @@ def _finish(
         "wall_time_s": state.elapsed_s,
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "processes": replicas.world,
+        "execution": asdict(execution) | {"group_size": group_size},
         "versions": versions(),
         "command": " ".join(sys.argv),
     }
@@ -511,9 +700,8 @@ def _finish(
     if not replicas.writer:
         return metrics
     provenance = {"spec": spec.to_json(), "run_digest": spec.digest}
-    files.save_torch(
-        out_dir / "model.pt", provenance | {"epoch": state.best_epoch, "state_dict": model.state_dict()}
-    )
-    files.save_torch(out_dir / "init.pt", provenance | {"state_dict": init_state})
+    weights = _clone(model.state_dict())
+    files.save_torch(out_dir / "model.pt", provenance | {"epoch": state.best_epoch, "state_dict": weights})
+    files.save_torch(out_dir / "init.pt", provenance | {"state_dict": run.init_state})
     files.write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -18,6 +18,7 @@ from qgen.experiments import (
     summary_config,
     summary_rows,
 )
+from qgen.packing import lockstep_packs
 from qgen.summary import config_path, summary_path, write_config
 from qgen.vocab import FIGURE_NAMES, REPORTED, SUMMARIES, TABLE_NAMES
 
@@ -292,9 +293,14 @@ def report_digests(wildcards):
 # Runs on these datasets train data-parallel under torchrun (rule train_distributed), one process per GPU.
 DATA_PARALLEL_DATASETS = ("imagenet",)
 # A profile may pack small runs: `train_pack_size: N`, `train_pack_models: [nin]` trains N runs
-# concurrently in one job (rule train_pack); each run's outputs are then copied out by rule unpack_run.
+# at once in one job (rule train_pack); each run's outputs are then copied out by rule unpack_run.
+# `train_pack_mode: batched` trains a pack in lockstep in one process, so its runs must share their
+# network and data (qgen.packing.lockstep_packs); `processes` (default) runs one process per run.
+PACK_MODE = config["train_pack_mode"]
 PACKS = (
-    pack_runs(RUNS.values(), config["train_pack_size"], config["train_pack_models"])
+    (lockstep_packs if PACK_MODE == "batched" else pack_runs)(
+        RUNS.values(), config["train_pack_size"], config["train_pack_models"]
+    )
     if config["train_pack_size"] > 1
     else {}
 )
@@ -321,6 +327,22 @@ SINGLE_EXPERIMENTS = experiments_regex(
     - {name.split("/")[0] for name in PACKS}
     - {n for n, e in EXPERIMENTS.items() if e["dataset"] in DATA_PARALLEL_DATASETS}
 )
+
+
+def train_execution(wildcards):
+    """How training does its arithmetic (profile keys `train_mixed_precision`, `train_channels_last`,
+    `train_compile`), as `qgen train` options."""
+    layout = (
+        "--channels-last" if config["train_channels_last"] else "--no-channels-last"
+    )
+    precision, mode = config["train_mixed_precision"], config["train_compile"]
+    return f"--mixed-precision {precision} {layout} --compile {mode}"
+
+
+def pack_options(wildcards):
+    """`qgen train-many` options: --batched in the batched pack mode, and the training execution."""
+    batched = "--batched" if PACK_MODE == "batched" else ""
+    return f"{batched} {train_execution(wildcards)}"
 
 
 def pack_name(wildcards):

@@ -17,10 +17,11 @@ rule train:
         data_root=train_data_root,
         out_dir=run_dir,
         ckpt_dir="results/checkpoints/{experiment}/{precision}/{point}",
+        execution=train_execution,
     shell:
         "qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
         " --out {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
-        " --threads {threads} >> {log:q} 2>&1"
+        " --threads {threads} {params.execution} >> {log:q} 2>&1"
 
 
 # ImageNet: one process per requested GPU (resources.gpu, set by the profile), DDP over them.
@@ -45,14 +46,16 @@ rule train_distributed:
         data_root=train_data_root,
         out_dir=run_dir,
         ckpt_dir="results/checkpoints/{experiment}/{precision}/{point}",
+        execution=train_execution,
     shell:
         "torchrun --standalone --nproc-per-node {resources.gpu} --no-python"
         " qgen train --spec {params.spec:q} --data-root {params.data_root:q}"
         " --out {params.out_dir:q} --ckpt-dir {params.ckpt_dir:q}"
-        " --workers {threads} >> {log:q} 2>&1"
+        " --workers {threads} {params.execution} >> {log:q} 2>&1"
 
 
-# Small runs packed N to a job (profile: `config: train_pack`), trained concurrently on one device.
+# Small runs packed N to a job (profile: `config: train_pack_size`), trained at once on one device: as
+# N processes, or (`train_pack_mode: batched`) in lockstep in one process.
 rule train_pack:
     input:
         data=pack_data_marker,
@@ -66,10 +69,11 @@ rule train_pack:
     params:
         specs=pack_specs,
         data_root=pack_data_root,
+        options=pack_options,
     shell:
         "qgen train-many --specs {params.specs:q} --data-root {params.data_root:q}"
         " --ckpt-root results/checkpoints --manifest {output:q}"
-        " --threads {threads} >> {log:q} 2>&1"
+        " --threads {threads} {params.options} >> {log:q} 2>&1"
 
 
 rule unpack_run:
