@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from qgen.corruptions import CORRUPTIONS
@@ -316,3 +318,13 @@ def test_wa_runs_beside_weight_only_ones_are_a_scope_of_their_own_with_its_fp32(
     verdicts = claims.evaluate(claim, {"table1": mixed})
     assert verdicts["D M"].status == PASS and "W2A2" not in verdicts["D M"].evidence
     assert verdicts["D M (W/A)"].status == FAIL and "W2A2 0.400" in verdicts["D M (W/A)"].evidence
+
+
+def test_bin_width_evidence_counts_layers_in_order_apart_from_those_beyond_the_noise() -> None:
+    """Steps without an uncertainty: every layer is in order by value, none decided beyond the noise."""
+    verdict = claims.evaluate(CLAIMS["bin_width_grows"], {"figure1": [*figure1(True)]})["D M"]
+    assert verdict.evidence.startswith("2 of 2 layers have Int2 > Int4 > Int8, 2 beyond the noise")
+    unknown = [dataclasses.replace(v, uncertainty=None) for v in figure1(True)]
+    verdict = claims.evaluate(CLAIMS["bin_width_grows"], {"figure1": unknown})["D M"]
+    assert verdict.status == INCONCLUSIVE
+    assert verdict.evidence.startswith("2 of 2 layers have Int2 > Int4 > Int8, 0 beyond the noise")

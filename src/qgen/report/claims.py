@@ -362,10 +362,17 @@ def bin_width_grows(values: Sequence[Value], k: float) -> dict[str, Verdict]:
             )
             for layer in layers
         }
+        ordered = [
+            layer
+            for layer in layers
+            if all(
+                cells[(a, layer)].value < cells[(b, layer)].value for a, b in itertools.pairwise(QUANTIZED)
+            )
+        ]
         passed = [layer for layer, s in per_layer.items() if s == PASS]
         failed = [layer for layer, s in per_layer.items() if s == FAIL]
         chain = " > ".join(_label(p) for p in reversed(QUANTIZED))
-        evidence = f"{len(passed)} of {len(layers)} layers have {chain}"
+        evidence = f"{len(ordered)} of {len(layers)} layers have {chain}, {len(passed)} beyond the noise"
         if failed:
             evidence += f"; not: {', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}"
         out[scope] = Verdict(both(per_layer.values()), evidence)
