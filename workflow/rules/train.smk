@@ -7,6 +7,8 @@ rule train:
         metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
     log:
         "logs/train/{experiment}/{precision}/{point}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}/{precision}/{point}.tsv"
     wildcard_constraints:
         experiment=SINGLE_EXPERIMENTS,
     conda:
@@ -34,6 +36,8 @@ rule train_distributed:
         metrics="results/runs/{experiment}/{precision}/{point}/metrics.json",
     log:
         "logs/train/{experiment}/{precision}/{point}.log",
+    benchmark:
+        "results/benchmarks/train/{experiment}/{precision}/{point}.tsv"
     wildcard_constraints:
         experiment=DISTRIBUTED_EXPERIMENTS,
     conda:
@@ -63,6 +67,8 @@ rule train_pack:
         "results/packs/{experiment}/{pack}-{digest}.json",
     log:
         "logs/train_pack/{experiment}/{pack}-{digest}.log",
+    benchmark:
+        "results/benchmarks/train_pack/{experiment}/{pack}-{digest}.tsv"
     conda:
         "../../envs/qgen.yaml"
     threads: 1
