@@ -18,15 +18,7 @@ from qgen import quant
 
 def closed_form(w: torch.Tensor, s: float, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Independent LSQ reference: (w_hat, d w_hat/d w, d w_hat/d s before gradient scaling), elementwise."""
-    q_n, q_p = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    v = w / s
-    below, above = v <= q_n, v >= q_p
-    w_hat = torch.where(below, q_n * s, torch.where(above, q_p * s, torch.round(v) * s))
-    d_w = (~below & ~above).to(w.dtype)
-    d_s = torch.where(
-        below, torch.full_like(v, q_n), torch.where(above, torch.full_like(v, q_p), torch.round(v) - v)
-    )
-    return w_hat, d_w, d_s
+    return closed_form_range(w, s, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -387,6 +387,23 @@ def _add_summary_config(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_figure(
+    sub: argparse._SubParsersAction,
+    name: str,
+    what: str,
+    func: Callable[[argparse.Namespace], None],
+    also: str = "",
+) -> argparse.ArgumentParser:
+    """The subcommand that draws figure ``name`` from its summary CSV (and, ``also``, other inputs)."""
+    p = sub.add_parser(name, help=f"draw {what} from its summary CSV{also}")
+    p.add_argument("--csv", type=Path, required=True, help=f"summary CSV from `qgen summarize {name}`")
+    _add_summary_config(p)
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
+    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qgen",
@@ -472,28 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_options(p)
     p.set_defaults(func=_landscape)
 
-    p = sub.add_parser("figure1", help="draw Figure 1 (bin width per layer) from its summary CSV")
-    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure1`")
-    _add_summary_config(p)
-    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
-    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
-    p.set_defaults(func=_figure1)
+    _add_figure(sub, "figure1", "Figure 1 (bin width per layer)", _figure1)
 
-    p = sub.add_parser("figure2", help="draw Figure 2 (loss surfaces) from its summary CSV and the surfaces")
-    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure2`")
-    _add_summary_config(p)
+    p = _add_figure(sub, "figure2", "Figure 2 (loss surfaces)", _figure2, " and the surfaces")
     p.add_argument("--surfaces", type=Path, nargs="+", required=True, help=".npz files from `qgen landscape`")
     p.add_argument("--zmax", type=float, help="clip the plotted loss at this value (default: the highest)")
-    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
-    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
-    p.set_defaults(func=_figure2)
 
-    p = sub.add_parser("figure3", help="draw Figure 3 (each measure against the gap) from its summary CSV")
-    p.add_argument("--csv", type=Path, required=True, help="summary CSV from `qgen summarize figure3`")
-    _add_summary_config(p)
-    p.add_argument("--out", type=Path, nargs="+", required=True, help="files to write (.pdf, .png)")
-    p.add_argument("--data", type=Path, required=True, help="the figure's numbers as CSV, for readers")
-    p.set_defaults(func=_figure3)
+    _add_figure(sub, "figure3", "Figure 3 (each measure against the gap)", _figure3)
 
     p = sub.add_parser("report", help="the reproduction report: paper vs reproduced cells, claim checks")
     p.add_argument("--paper", type=Path, nargs="+", required=True, help="transcribed paper tables (CSV)")
