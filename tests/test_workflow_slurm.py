@@ -60,11 +60,12 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cancel_victim_after_first_epoch(root: Path, main: subprocess.Popen[str]) -> str:
     """Wait until the victim's training has checkpointed an epoch, then `scancel` its job; its id."""
-    state = root / "results" / "checkpoints" / VICTIM / "state.pt"
+    run_checkpoints = root / "results" / "checkpoints" / VICTIM  # one <digest>/state.pt per run spec
     deadline = time.monotonic() + 300
     while main.poll() is None and time.monotonic() < deadline:
         try:
-            epoch = torch.load(state, map_location="cpu", weights_only=False)["epoch"]
+            epochs = [torch.load(s, weights_only=False)["epoch"] for s in run_checkpoints.glob("*/state.pt")]
+            epoch = max(epochs, default=0)
         except (FileNotFoundError, EOFError, RuntimeError):
             epoch = 0
         if epoch >= 1:
