@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from qgen.config import check_config, key_path, schema_problems
+from qgen.correlation import correlate
 from qgen.corruptions.evaluate import evaluate_corruptions
 from qgen.errors import QgenError
-from qgen.experiments import RunSpec
+from qgen.experiments import RunSpec, population_confidence
 from qgen.landscape import LandscapeSettings
 from qgen.measures import MeasureSettings
 from qgen.measures.run import RunOptions
@@ -44,6 +45,9 @@ def test_the_schema_defaults_are_the_librarys() -> None:
     experiment = defaults(SCHEMA["$defs"]["experiment"]["properties"])
     assert experiment == {k: v for k, v in field_defaults(RunSpec).items() if k in experiment}
     assert set(experiment) == {"gamma", "momentum", "seed", "select_by"}
+    correlation = defaults(SCHEMA["properties"]["correlation"]["properties"])
+    assert correlation["confidence"] == inspect.signature(correlate).parameters["confidence"].default
+    assert correlation["confidence"] == population_confidence({})
     batch = SCHEMA["properties"]["corruptions"]["properties"]["batch_size"]["default"]
     assert batch == inspect.signature(evaluate_corruptions).parameters["batch_size"].default
 

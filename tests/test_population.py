@@ -86,6 +86,25 @@ def test_tau_over_all_models_equals_scipy_on_a_noisy_measure() -> None:
     )
 
 
+def test_the_configured_confidence_sets_the_level_of_the_intervals() -> None:
+    results = fake_results(lambda g: g)
+    for k, record in enumerate(results):
+        record["norms"]["w"] = float((7 * k) % 5)
+
+    def tau_row(confidence: float) -> dict:
+        config = CONFIG | {"correlation": CONFIG["correlation"] | {"confidence": confidence}}
+        rows = correlation_records(results, summary_config(config, "correlation"))
+        return next(
+            r for r in rows if r["measure"] == "norm.w" and (r["statistic"], r["group"]) == ("tau", "all")
+        )
+
+    wide, narrow = tau_row(0.95), tau_row(0.5)
+    assert wide["value"] == narrow["value"] and wide["std_error"] == narrow["std_error"] > 0
+    for row, level in ((wide, 0.95), (narrow, 0.5)):
+        half = scipy.stats.norm.ppf(0.5 + level / 2) * row["std_error"]
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["value"] - half, row["value"] + half))
+
+
 def test_diverged_runs_are_left_out_and_figure3_has_one_row_per_model() -> None:
     results = fake_results(lambda g: g)
     results[0] = {"spec": results[0]["spec"], "status": "diverged"}

@@ -386,7 +386,11 @@ def summary_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     sliced: dict[str, Any] = {
         "summary": name,
         "rows": rows,
-        **({"sample": population_sample(config)} if entry.population else {}),
+        **(
+            {"sample": population_sample(config), "confidence": population_confidence(config)}
+            if entry.population
+            else {}
+        ),
         "experiments": [exp for exp in config["experiments"] if exp["name"] in used],
         "precisions": list(config["precisions"]),
         "quantization": dict(config.get("quantization", {})),
@@ -419,6 +423,11 @@ def population_sample(config: Mapping[str, Any]) -> dict[str, Any]:
     of their choice (the config's ``correlation`` section)."""
     section = config.get("correlation", {})
     return {"points": section.get("points"), "seed": section.get("seed", 0)}
+
+
+def population_confidence(config: Mapping[str, Any]) -> float:
+    """The level of the rank correlation's intervals (the config's ``correlation.confidence``)."""
+    return float(config.get("correlation", {}).get("confidence", 0.95))
 
 
 def sampled_points(runs: list[RunSpec], points: int | None, seed: int) -> list[RunSpec]:

@@ -125,9 +125,14 @@ def correlation_records(
     One row per (measure, statistic, group): ``tau`` over all models (group ``all``), ``psi`` per axis
     (group: the axis), ``Psi`` over the axes (group ``all``), and ``tau`` within each precision (group
     ``precision=<name>``). ``value`` is the ``tau_b`` statistic (ties as scipy), ``value_a`` its ``tau_a``
-    counterpart; the interval is the jackknife's (tau) or over the groups (psi).
+    counterpart; the interval is the jackknife's (tau) or over the groups (psi), at the level of the slice's
+    ``confidence`` (the config's ``correlation.confidence``).
     """
-    result = correlate(model_records(results, _experiments(sliced)), list(POPULATION_MEASURES))
+    result = correlate(
+        model_records(results, _experiments(sliced)),
+        list(POPULATION_MEASURES),
+        confidence=sliced["confidence"],
+    )
     rows = []
     for name, correlation in result.measures.items():
         rows.append(_row(name, "tau", "all", **_tau(correlation.tau)))
