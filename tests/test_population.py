@@ -100,6 +100,7 @@ def test_the_configured_confidence_sets_the_level_of_the_intervals() -> None:
 
     wide, narrow = tau_row(0.95), tau_row(0.5)
     assert wide["value"] == narrow["value"] and wide["std_error"] == narrow["std_error"] > 0
+    assert (wide["confidence"], narrow["confidence"]) == (0.95, 0.5)
     for row, level in ((wide, 0.95), (narrow, 0.5)):
         half = scipy.stats.norm.ppf(0.5 + level / 2) * row["std_error"]
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((row["value"] - half, row["value"] + half))

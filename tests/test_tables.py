@@ -416,7 +416,7 @@ def correlation_rows(axes: int, precisions: int, value: float) -> list[dict]:
     names = ["depth", "width", "optimizer", "lr_level", "weight_decay", "precision"][:axes]
     within = [f"precision={p}" for p in list(PRECISIONS)[:precisions]]
     stat = {"n": 243, "value": value, "std_error": 0.05, "ci_low": value - 0.1, "ci_high": value + 0.1}
-    stat |= {"groups": 9}
+    stat |= {"groups": 9, "confidence": 0.9}
     rows = []
     for measure, label in POPULATION_MEASURES.items():
         key = {"measure": measure, "label": label}
@@ -444,6 +444,9 @@ def test_correlation_table_has_a_row_per_measure_and_a_column_per_axis_and_preci
     top, bottom = [cells_of(x) for x in tex.splitlines() if x.startswith(label + " &")]
     assert len(top) == 1 + 2 + 4 and top[1].startswith("0.25 {\\tiny[0.15, 0.35]}")
     assert bottom == [label, tables.MISSING, "0.25", "0.25", "0.25", "0.25"]
+    assert "its 90\\% jackknife interval" in tex and "$\\tau$ [90\\%]" in tex
+    with pytest.raises(QgenError, match=r"intervals at several levels \[0.9, 0.95\]"):
+        tables.correlation_context([*records, records[0] | {"confidence": 0.95}])
 
 
 WIDE_MODELS = (("ImageNet-1K", "MobileNet-V2"), ("CIFAR-100", "NiN (12x12)"))

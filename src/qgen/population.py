@@ -167,4 +167,4 @@ def correlation_records(
         )
         for precision, tau in correlation.per_precision.items():
             rows.append(_row(name, "tau", f"precision={precision}", **_tau(tau)))
-    return rows
+    return [row | {"confidence": result.confidence} for row in rows]

@@ -567,8 +567,12 @@ def correlation_context(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for m in measures
     ]
     n = cells[(measures[0], "tau", "all")]["n"] if measures else 0
+    levels = {float(r["confidence"]) for r in records}
+    if len(levels) > 1:
+        raise QgenError(f"the correlation rows hold intervals at several levels {sorted(levels)}")
     return {
         "rows": rows,
+        "confidence": f"{100 * levels.pop():g}" if levels else "",
         "axes": [axis.replace("_", " ") for axis in axes],
         "within": [PRECISION_LABELS[group.removeprefix("precision=")] for group in within],
         "models": n,
