@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_train import SHORT, assert_same_run, cli_train
+from test_train import SHORT, assert_same_run, cli_train, saved_progress
 
 from qgen.errors import ProvenanceError, QgenError
 from qgen.experiments import expand_runs, pack_runs
 from qgen.packing import unpack
+from qgen.stopping import EXIT_STOPPED
 
 CONFIG = {
     "precisions": ["fp32", "int8", "int4", "int2"],
@@ -66,6 +69,49 @@ def test_a_pack_trains_its_runs_to_the_results_of_separate_jobs(tmp_path: Path) 
         metrics = json.loads((tmp_path / "unpacked" / spec.run_id / "metrics.json").read_text())
         assert metrics["run_id"] == spec.run_id and metrics["status"] == "ok"
     assert_same_run(tmp_path / "alone" / "out", tmp_path / "unpacked" / specs[0].run_id)
+
+
+def train_many(specs: list, tmp: Path, *options: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "qgen.cli", "train-many",
+            "--specs", json.dumps([json.loads(spec.to_json()) for spec in specs]),
+            "--data-root", str(tmp / "data"),
+            "--ckpt-root", str(tmp / "ckpt"),
+            "--manifest", str(tmp / "pack.json"),
+            "--threads", "2",
+            *options,
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_the_pack_checkpoints_every_member_then_exits_for_a_retry(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The pack passes every stop signal of `qgen train` on (SIGINT used to kill the pack with a traceback
+    and leave its members training)."""
+    specs = [SHORT, dataclasses.replace(SHORT, precision="fp32")]
+    pack = train_many(specs, tmp_path, "--checkpoint-minutes", "0.00001")
+    states = [tmp_path / "ckpt" / s.run_id / s.short_digest / "state.pt" for s in specs]
+    deadline = time.monotonic() + 240
+    while pack.poll() is None and time.monotonic() < deadline:
+        if all(saved_progress(state)[1] >= 1 for state in states):
+            break
+        time.sleep(0.005)
+    pack.send_signal(sig)
+    log = pack.communicate(timeout=60)[0]
+    assert pack.returncode == EXIT_STOPPED, log
+    assert "Traceback" not in log and not (tmp_path / "pack.json").exists()
+    for spec in specs:
+        member = (tmp_path / "ckpt" / spec.run_id / "train.log").read_text()
+        assert f"stopped on {sig.name} after checkpointing" in member, member
+    resumed = train_many(specs, tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[0]
+    for spec in specs:
+        assert "resuming after epoch" in (tmp_path / "ckpt" / spec.run_id / "train.log").read_text()
+    assert json.loads((tmp_path / "pack.json").read_text())
 
 
 def test_unpacking_a_run_the_manifest_lacks_or_of_another_spec_is_refused(tmp_path: Path) -> None:

@@ -207,7 +207,7 @@ def test_loss_terms_equal_the_exact_gradient_and_hessian() -> None:
         weights = {k: c.view(latent[k].shape) for k, c in zip(keys, chunks, strict=True)}
         return F.cross_entropy(functional_call(plain, weights, (images,)), labels)
 
-    w = torch.cat([latent[k].flatten() for k in keys])
+    w = torch.cat([latent[k].flatten() for k in keys]).detach()
     d = torch.cat([(quantized[k] - latent[k]).flatten() for k in keys])
     gradient = torch.autograd.functional.jacobian(loss, w)
     hess = torch.autograd.functional.hessian(loss, w)

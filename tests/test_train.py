@@ -22,10 +22,9 @@ from qgen.distributed import Replicas
 from qgen.errors import LockedError, ProvenanceError, QgenError
 from qgen.experiments import RunSpec
 from qgen.runs import build_model, load_model, tensors_digest
+from qgen.stopping import EXIT_STOPPED, STOP_SIGNALS
 from qgen.train import (
-    EXIT_STOPPED,
     PLAIN,
-    STOP_SIGNALS,
     Checkpointer,
     Execution,
     Stopped,

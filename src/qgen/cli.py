@@ -34,7 +34,8 @@ def _download(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import torch
 
-    from qgen.train import EXIT_STOPPED, Stopped, train
+    from qgen.stopping import EXIT_STOPPED
+    from qgen.train import Stopped, train
 
     if args.threads:
         torch.set_num_threads(args.threads)

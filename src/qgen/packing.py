@@ -6,7 +6,8 @@ per run (``bench/packing.py`` sums the requested GPU-hours, ``bench/gpu.sh`` mea
 pack is trained one of two ways (:data:`MODES`):
 
 * ``processes``: every member is an ordinary ``qgen train`` subprocess on the same device; it
-  checkpoints and resumes on its own. SIGTERM/SIGUSR1 are passed on to the members.
+  checkpoints and resumes on its own. The stop signals (:data:`qgen.stopping.STOP_SIGNALS`) are passed on
+  to the members.
 * ``batched``: the members train in lockstep in this process (:func:`qgen.group.train_group`), one
   vmapped forward and backward for all; they must agree in every field of :func:`lockstep_key`
   (:func:`lockstep_packs` forms such packs).
@@ -32,6 +33,7 @@ from qgen import files
 from qgen.errors import QgenError
 from qgen.experiments import RUN_OUTPUTS, RunSpec, digest_of
 from qgen.provenance import require_digest
+from qgen.stopping import EXIT_STOPPED, STOP_SIGNALS
 
 if TYPE_CHECKING:
     from qgen.train import Execution
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACK_SCHEMA_VERSION = 2
-EXIT_STOPPED = 75  # as qgen.train.EXIT_STOPPED; repeated so that this module does not import torch
 MODES = ("processes", "batched")
 STEPPING_FIELDS = (
     "experiment",
@@ -169,7 +170,7 @@ def train_many(
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
         codes = {run_id: proc.wait() for run_id, proc in running.items()}
     finally:

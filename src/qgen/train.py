@@ -58,6 +58,7 @@ from qgen.experiments import RUN_SCHEMA_VERSION, RunSpec
 from qgen.norms import weight_norm
 from qgen.objective import Objective, build_objective, training_loss
 from qgen.runs import Evaluation, build_model, evaluate, resolve_device, tensors_digest
+from qgen.stopping import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 SELECTION = ("epoch_loss", "train_loss")
 PROGRESS_EVERY_S = 30.0
 CHECKPOINT_EVERY_S = 300.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-EXIT_STOPPED = 75  # EX_TEMPFAIL: the job did not fail, it should be run again (Snakemake retries it)
 
 
 class Stopped(Exception):
@@ -170,9 +169,9 @@ class EpochProgress:
 class Checkpointer:
     """Decides at batch boundaries when to write the resume state, and writes it through ``save``.
 
-    A checkpoint is due every ``every_s`` seconds and as soon as one of :data:`STOP_SIGNALS` arrived;
-    after a signal's checkpoint training stops with :class:`Stopped`. Data-parallel processes agree on
-    both decisions, so all of them reach the same batch.
+    A checkpoint is due every ``every_s`` seconds and as soon as one of
+    :data:`~qgen.stopping.STOP_SIGNALS` arrived; after a signal's checkpoint training stops with
+    :class:`Stopped`. Data-parallel processes agree on both decisions, so all of them reach the same batch.
     """
 
     def __init__(self, every_s: float, replicas: Replicas, device: torch.device) -> None:
@@ -184,7 +183,7 @@ class Checkpointer:
 
     @contextmanager
     def catching_signals(self) -> Iterator[None]:
-        """Record :data:`STOP_SIGNALS` instead of dying of them, for the duration of the block."""
+        """Record the stop signals instead of dying of them, for the duration of the block."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -378,7 +377,8 @@ def train(
     lock and one state directory per spec digest. Data-parallel when started by ``torchrun``
     (:class:`qgen.distributed.Replicas`). ``execution`` (default :class:`Execution`'s defaults) says how
     the arithmetic is done. Raises :class:`Stopped` after checkpointing when one of
-    :data:`STOP_SIGNALS` arrives, and :class:`~qgen.errors.LockedError` if another process trains the run.
+    :data:`~qgen.stopping.STOP_SIGNALS` arrives, and :class:`~qgen.errors.LockedError` if another process
+    trains the run.
     """
     if spec.select_by not in SELECTION:
         raise QgenError(f"select_by must be one of {SELECTION}, got {spec.select_by!r}")
