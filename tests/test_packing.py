@@ -47,31 +47,8 @@ def test_packs_hold_each_run_of_the_packed_models_once_and_never_mix_experiments
         pack_runs(runs, 0, ["nin"])
 
 
-def test_a_pack_trains_its_runs_to_the_results_of_separate_jobs(tmp_path: Path) -> None:
-    tiny = dataclasses.replace(SHORT, epochs=2, milestones=[1], n_train=256, n_test=100)
-    specs = [tiny, dataclasses.replace(tiny, precision="fp32")]
-    alone = cli_train(specs[0], tmp_path, "alone")
-    pack = subprocess.run(
-        [
-            sys.executable, "-m", "qgen.cli", "train-many",
-            "--specs", json.dumps([json.loads(spec.to_json()) for spec in specs]),
-            "--data-root", str(tmp_path / "data"),
-            "--ckpt-root", str(tmp_path / "ckpt"),
-            "--manifest", str(tmp_path / "pack.json"),
-            "--threads", "2",
-        ],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert pack.returncode == 0, pack.stderr
-    assert alone.wait(timeout=300) == 0, alone.stdout.read()
-    for spec in specs:
-        unpack(tmp_path / "pack.json", spec, tmp_path / "unpacked" / spec.run_id)
-        metrics = json.loads((tmp_path / "unpacked" / spec.run_id / "metrics.json").read_text())
-        assert metrics["run_id"] == spec.run_id and metrics["status"] == "ok"
-    assert_same_run(tmp_path / "alone" / "out", tmp_path / "unpacked" / specs[0].run_id)
-
-
 def train_many(specs: list, tmp: Path, *options: str) -> subprocess.Popen:
+    """`qgen train-many` of ``specs`` in ``tmp`` (resume state in ckpt/, manifest pack.json), output piped."""
     return subprocess.Popen(
         [
             sys.executable, "-m", "qgen.cli", "train-many",
@@ -86,18 +63,34 @@ def train_many(specs: list, tmp: Path, *options: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def test_a_pack_trains_its_runs_to_the_results_of_separate_jobs(tmp_path: Path) -> None:
+    tiny = dataclasses.replace(SHORT, epochs=2, milestones=[1], n_train=256, n_test=100)
+    specs = [tiny, dataclasses.replace(tiny, precision="fp32")]
+    alone = cli_train(specs[0], tmp_path, "alone")
+    pack = train_many(specs, tmp_path)
+    log = pack.communicate(timeout=300)[0]
+    assert pack.returncode == 0, log
+    assert alone.wait(timeout=300) == 0, alone.stdout.read()
+    for spec in specs:
+        unpack(tmp_path / "pack.json", spec, tmp_path / "unpacked" / spec.run_id)
+        metrics = json.loads((tmp_path / "unpacked" / spec.run_id / "metrics.json").read_text())
+        assert metrics["run_id"] == spec.run_id and metrics["status"] == "ok"
+    assert_same_run(tmp_path / "alone" / "out", tmp_path / "unpacked" / specs[0].run_id)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_to_the_pack_checkpoints_every_member_then_exits_for_a_retry(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     """The pack passes every stop signal of `qgen train` on (SIGINT used to kill the pack with a traceback
     and leave its members training)."""
-    specs = [SHORT, dataclasses.replace(SHORT, precision="fp32")]
+    long = dataclasses.replace(SHORT, epochs=20, milestones=[10])  # still training when the signal comes
+    specs = [long, dataclasses.replace(long, precision="fp32")]
     pack = train_many(specs, tmp_path, "--checkpoint-minutes", "0.00001")
     states = [tmp_path / "ckpt" / s.run_id / s.short_digest / "state.pt" for s in specs]
     deadline = time.monotonic() + 240
     while pack.poll() is None and time.monotonic() < deadline:
-        if all(saved_progress(state)[1] >= 1 for state in states):
+        if all(saved_progress(state) != (0, 0) for state in states):  # every member is training
             break
         time.sleep(0.005)
     pack.send_signal(sig)
@@ -108,7 +101,8 @@ def test_a_stop_signal_to_the_pack_checkpoints_every_member_then_exits_for_a_ret
         member = (tmp_path / "ckpt" / spec.run_id / "train.log").read_text()
         assert f"stopped on {sig.name} after checkpointing" in member, member
     resumed = train_many(specs, tmp_path)
-    assert resumed.wait(timeout=300) == 0, resumed.communicate()[0]
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
     for spec in specs:
         assert "resuming after epoch" in (tmp_path / "ckpt" / spec.run_id / "train.log").read_text()
     assert json.loads((tmp_path / "pack.json").read_text())
