@@ -17,7 +17,7 @@ from qgen.experiments import RunSpec, population_confidence
 from qgen.landscape import LandscapeSettings
 from qgen.measures import MeasureSettings
 from qgen.measures.run import RunOptions
-from qgen.train import OPTIMIZERS, SELECTION
+from qgen.train import OPTIMIZERS, SCHEDULES, SELECTION
 from qgen.vocab import DATASETS, MODEL_ARGUMENTS, PRECISIONS, SUMMARIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_the_schema_defaults_are_the_librarys() -> None:
     assert tuple(defaults(surface)["span"]) == LandscapeSettings().span
     experiment = defaults(SCHEMA["$defs"]["experiment"]["properties"])
     assert experiment == {k: v for k, v in field_defaults(RunSpec).items() if k in experiment}
-    assert set(experiment) == {"gamma", "momentum", "seed", "select_by"}
+    assert set(experiment) == {"gamma", "momentum", "seed", "select_by", "schedule"}
     correlation = defaults(SCHEMA["properties"]["correlation"]["properties"])
     assert correlation["confidence"] == inspect.signature(correlate).parameters["confidence"].default
     assert correlation["confidence"] == population_confidence({})
@@ -62,6 +62,7 @@ def test_the_schema_enums_are_the_vocabulary() -> None:
     experiment = defs["experiment"]["properties"]
     assert experiment["grid"]["properties"]["optimizer"]["propertyNames"]["enum"] == list(OPTIMIZERS)
     assert experiment["select_by"]["enum"] == list(SELECTION)
+    assert experiment["schedule"]["enum"] == list(SCHEDULES)
 
 
 def test_problems_are_one_line_each_naming_the_key() -> None:

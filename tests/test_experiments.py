@@ -85,7 +85,8 @@ def test_paper_config_other_models(paper_config: dict) -> None:
         r.model_args == {"pretrained": True}
         and r.distill
         and r.obr_weight == 0.01
-        and (r.optimizer, r.lr, r.epochs, r.batch_size) == ("adam", 5e-4, 150, 1024)
+        and (r.optimizer, r.lr, r.weight_decay, r.epochs, r.batch_size) == ("adamw", 5e-4, 1e-4, 150, 1024)
+        and (r.schedule, r.milestones) == ("cosine", [])
         for r in vits
     )
     assert sorted(r.precision for r in vits) == sorted(["fp32", "w8a8", "w4a4", "w2a2"] * 2)
@@ -263,16 +264,16 @@ def test_every_setting_that_can_change_the_weights_changes_the_digest(change: di
     assert changed.run_id == run.run_id and changed.digest != run.digest
 
 
-def test_specs_at_the_default_quantization_keep_their_dict_and_digest() -> None:
-    """quant_policy, obr_weight and distill came after runs were made: at their defaults they are not in
-    the spec's dict, so its digest is that of the dict without them (recomputed here)."""
+def test_specs_at_the_defaults_of_later_fields_keep_their_dict_and_digest() -> None:
+    """quant_policy, obr_weight, distill and schedule came after runs were made: at their defaults they are
+    not in the spec's dict, so its digest is that of the dict without them (recomputed here)."""
     run = expand_runs(small_config())[0]
-    later = {"quant_policy", "obr_weight", "distill"}
+    later = {"quant_policy", "obr_weight", "distill", "schedule"}
     assert not later & set(run.to_dict())
     older = {k: v for k, v in dataclasses.asdict(run).items() if k not in later}
     assert run.to_dict() == older and run.digest == digest_of(older)
     assert RunSpec.from_dict(older) == run
-    for change in ({"quant_policy": "lsq"}, {"obr_weight": 0}, {"distill": False}):
+    for change in ({"quant_policy": "lsq"}, {"obr_weight": 0}, {"distill": False}, {"schedule": "step"}):
         assert RunSpec.from_dict(older | change).digest == run.digest
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from qgen.train import (
     Execution,
     Stopped,
     build_optimizer,
+    build_scheduler,
     state_dir,
     train,
     train_epoch,
@@ -295,6 +297,51 @@ def test_step_sizes_get_weight_decay_only_when_asked(step_weight_decay: bool) ->
         expected = spec.weight_decay if (not is_steps or step_weight_decay) else 0.0
         assert group["weight_decay"] == expected
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_adamw_decays_only_parameters_of_two_or_more_dimensions() -> None:
+    """timm's create_optimizer rule, as VVTQ trains: biases, BatchNorm and LSQ steps get no decay."""
+    spec = dataclasses.replace(SPEC, optimizer="adamw", lr=5e-4)
+    model = build_model(spec)
+    optimizer = build_optimizer(model, spec)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["eps"] == 1e-8
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(decay) == len(list(model.parameters()))
+    steps = {id(p) for p in quant.step_parameters(model)}
+    assert steps
+    for name, p in model.named_parameters():
+        assert decay[id(p)] == (spec.weight_decay if p.ndim >= 2 and id(p) not in steps else 0.0), name
+    assert {decay[id(p)] for p in model.parameters() if p.ndim == 1} == {0.0}
+
+
+def test_a_cosine_schedule_is_its_closed_form_and_resumes() -> None:
+    spec = dataclasses.replace(SPEC, schedule="cosine", milestones=[], epochs=7)
+
+    def schedule() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        optimizer = build_optimizer(build_model(spec), spec)
+        return optimizer, build_scheduler(optimizer, spec)
+
+    def epochs(optimizer, scheduler, n: int) -> list[float]:
+        lrs = []
+        for _ in range(n):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()  # no gradients: only the order PyTorch expects
+            scheduler.step()
+        return lrs
+
+    optimizer, scheduler = schedule()
+    first = epochs(optimizer, scheduler, 3)
+    fresh, resumed = schedule()  # as Trainee.start resumes: both states loaded
+    fresh.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(scheduler.state_dict())
+    rest = epochs(optimizer, scheduler, 4)
+    assert epochs(fresh, resumed, 4) == rest
+    expected = [spec.lr * (1 + math.cos(math.pi * e / 7)) / 2 for e in range(7)]
+    assert first + rest == pytest.approx(expected, rel=1e-12)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(QgenError, match=r"a cosine schedule has no milestones \(got \[3\]\); set milestones"):
+        dataclasses.replace(SPEC, schedule="cosine")
+    assert "schedule" not in SPEC.to_dict() and spec.to_dict()["schedule"] == "cosine"
 
 
 def test_cli_reports_bad_spec_without_traceback(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def digest_of(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-OMITTED_AT_DEFAULT = ("quant_policy", "obr_weight", "distill")
+OMITTED_AT_DEFAULT = ("quant_policy", "obr_weight", "distill", "schedule")
 """Spec fields added after runs were made: left out of a spec's dict (and digest) at their default."""
 
 
@@ -71,9 +71,10 @@ class RunSpec:
     purpose.
 
     ``quant_policy``, ``obr_weight`` and ``distill`` (VVTQ's module policy, oscillation regularizer and
-    distillation from the full-precision teacher; :mod:`qgen.vvtq`, :mod:`qgen.objective`) came later:
-    at their defaults they are left out of :meth:`to_dict`, so the specs, files and digests of runs made
-    before them are unchanged.
+    distillation from the full-precision teacher; :mod:`qgen.vvtq`, :mod:`qgen.objective`) and
+    ``schedule`` (the learning-rate schedule, :func:`qgen.train.build_scheduler`) came later: at their
+    defaults they are left out of :meth:`to_dict`, so the specs, files and digests of runs made before
+    them are unchanged.
     """
 
     experiment: str
@@ -101,6 +102,7 @@ class RunSpec:
     quant_policy: str = "lsq"
     obr_weight: float = 0.0
     distill: bool = False
+    schedule: str = "step"
 
     def __post_init__(self) -> None:
         where = f"run {self.run_id}"
@@ -117,6 +119,10 @@ class RunSpec:
         for name, value in canonical.items():
             object.__setattr__(self, name, value)
         self._check_quantization(where)
+        if self.schedule == "cosine" and self.milestones:
+            raise QgenError(
+                f"{where}: a cosine schedule has no milestones (got {self.milestones}); set milestones: []"
+            )
 
     def _check_quantization(self, where: str) -> None:
         """Refuse a precision, quantization policy or teacher the run cannot have, naming the remedy."""
@@ -207,7 +213,16 @@ def grid_points(experiment: Mapping[str, Any]) -> list[GridPoint]:
     return points
 
 
-OPTIONAL_EXPERIMENT_KEYS = ("gamma", "momentum", "seed", "n_train", "n_test", "select_by", "augment")
+OPTIONAL_EXPERIMENT_KEYS = (
+    "gamma",
+    "momentum",
+    "seed",
+    "n_train",
+    "n_test",
+    "select_by",
+    "augment",
+    "schedule",
+)
 
 
 def require_unique_names(config: Mapping[str, Any]) -> None:

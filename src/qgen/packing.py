@@ -51,6 +51,7 @@ STEPPING_FIELDS = (
     "momentum",
     "gamma",
     "milestones",
+    "schedule",
     "step_weight_decay",
 )
 """Run-spec fields in which the members of a batched group may differ: how each one steps (and its name).

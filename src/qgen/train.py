@@ -62,7 +62,8 @@ from qgen.stopping import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw")
+SCHEDULES = ("step", "cosine")
 MIXED_PRECISION = ("auto", "bf16", "off")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 SELECTION = ("epoch_loss", "train_loss")
@@ -138,22 +139,50 @@ PLAIN = Execution(mixed_precision="off", channels_last=False)
 
 
 def build_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.Optimizer:
-    """SGD (momentum), Adam or RMSProp; LSQ steps get weight decay only if ``spec.step_weight_decay``."""
+    """SGD (momentum), Adam, RMSProp or AdamW; LSQ steps get weight decay only if
+    ``spec.step_weight_decay``.
+
+    AdamW is timm's ``create_optimizer`` recipe as VVTQ trains with it: no weight decay on parameters of
+    fewer than two dimensions (biases, norms' scales and shifts, activation offsets), PyTorch's betas and
+    ``eps = 1e-8``. The other optimizers decay every parameter but the steps.
+    """
     steps = {id(p) for p in quant.step_parameters(model)}
-    rest = [p for p in model.parameters() if id(p) not in steps]
+    exempt = {id(p) for p in model.parameters() if spec.optimizer == "adamw" and p.ndim < 2} - steps
+    rest = [p for p in model.parameters() if id(p) not in steps | exempt]
     step_params = [p for p in model.parameters() if id(p) in steps]
     groups: list[dict[str, Any]] = [{"params": rest, "weight_decay": spec.weight_decay}]
     if step_params:
         groups.append(
             {"params": step_params, "weight_decay": spec.weight_decay if spec.step_weight_decay else 0.0}
         )
+    if exempt:
+        groups.append({"params": [p for p in model.parameters() if id(p) in exempt], "weight_decay": 0.0})
     if spec.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
     if spec.optimizer == "adam":
         return torch.optim.Adam(groups, lr=spec.lr)
     if spec.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=spec.lr)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr, eps=1e-8)
     raise QgenError(f"unknown optimizer {spec.optimizer!r}; expected one of {OPTIMIZERS}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule, stepped after every epoch ``e = 0 .. epochs - 1``.
+
+    ``step``: ``lr_e = lr * gamma^k``, ``k`` the milestones ``<= e`` (``MultiStepLR``; the paper's CIFAR
+    and ImageNet recipes). ``cosine``: ``lr_e = lr * (1 + cos(pi e / epochs)) / 2``, the closed form of
+    timm's per-epoch cosine schedule without warm-up and with ``min_lr = 0`` (VVTQ's).
+    """
+    if spec.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=spec.milestones, gamma=spec.gamma)
+    if spec.schedule == "cosine":
+        epochs = spec.epochs
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: (1 + math.cos(math.pi * e / epochs)) / 2
+        )
+    raise QgenError(f"unknown schedule {spec.schedule!r}; expected one of {SCHEDULES}")
 
 
 @dataclass
@@ -455,7 +484,7 @@ class Trainee:
     spec: RunSpec
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     init_state: dict[str, Tensor]
     state: TrainState
     state_path: Path
@@ -485,9 +514,7 @@ class Trainee:
         model = model.to(dev, memory_format=execution.memory_format)
         objective = build_objective(spec, model, dev)
         optimizer = build_optimizer(model, spec)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=spec.milestones, gamma=spec.gamma
-        )
+        scheduler = build_scheduler(optimizer, spec)
         state_path = state_dir / "state.pt"
         if writer and not (state_dir / "spec.json").exists():
             files.write_json(
