@@ -229,7 +229,7 @@ def test_layer_noise_statistics() -> None:
         w = latent_weight(module).detach()
         with torch.no_grad():
             delta = w - module.weight
-        s = float(q.step)
+        s = float(q.step.detach())
         assert (layer.layer, layer.bits, layer.step, layer.numel) == (name, 2, s, w.numel())
         assert layer.delta_rms_over_step == pytest.approx(float(delta.square().mean().sqrt()) / s)
         # At 2 bits the levels are {-2, -1, 0, 1} s: w/s beyond [-2.5, 1.5] is clipped.
