@@ -75,16 +75,26 @@ def plain_accuracy(
         return float((copy_(evalset.images).argmax(1) == evalset.labels).float().mean())
 
 
+def stacked_copies_against_one_at_a_time(
+    network: nn.Module, names: list[str], evalset: EvalSet, copies: int, scale: float
+) -> tuple[PerturbedEvaluator, dict[str, torch.Tensor], torch.Tensor]:
+    """``copies`` seeded perturbations evaluated stacked; each copy's accuracy is checked against
+    :func:`plain_accuracy`. Returns the evaluator, the stacked deltas and the stacked accuracies."""
+    evaluator = PerturbedEvaluator(network, evalset, names)
+    gen = torch.Generator().manual_seed(0)
+    deltas = {n: scale * torch.randn((copies, *evaluator.base[n].shape), generator=gen) for n in names}
+    batched = evaluator.accuracy(deltas)
+    for k in range(copies):
+        one_copy = {n: d[k] for n, d in deltas.items()}
+        assert batched[k].item() == pytest.approx(plain_accuracy(network, names, one_copy, evalset))
+    return evaluator, deltas, batched
+
+
 def test_batched_copies_equal_one_copy_at_a_time(trained) -> None:
     model, _, evalset = trained
     names = perturbed_names(model, "all")
-    evaluator = PerturbedEvaluator(model, evalset, names)
-    gen = torch.Generator().manual_seed(0)
-    deltas = {n: 0.05 * torch.randn((3, *evaluator.base[n].shape), generator=gen) for n in names}
-    batched = evaluator.accuracy(deltas)
+    evaluator, deltas, batched = stacked_copies_against_one_at_a_time(model, names, evalset, 3, 0.05)
     for k in range(3):
-        one_copy = {n: d[k] for n, d in deltas.items()}
-        assert batched[k].item() == pytest.approx(plain_accuracy(model, names, one_copy, evalset))
         single = evaluator.accuracy({n: d[k : k + 1] for n, d in deltas.items()})
         assert single.shape == (1,) and single.item() == pytest.approx(batched[k].item())
 
@@ -99,13 +109,7 @@ def test_searches_on_a_wa_network_perturb_weights_with_activations_still_quantiz
     assert len(quant.activation_quantizers(network)) == len(quant.activation_quantizers(model)) == 5
     names = perturbed_names(network, "reference")
     assert not any(n.endswith(".step") for n in names) and "blocks.0.conv2.weight" in names
-    evaluator = PerturbedEvaluator(network, evalset, names)
-    gen = torch.Generator().manual_seed(0)
-    deltas = {n: 0.02 * torch.randn((2, *evaluator.base[n].shape), generator=gen) for n in names}
-    batched = evaluator.accuracy(deltas)
-    for k in range(2):
-        one_copy = {n: d[k] for n, d in deltas.items()}
-        assert batched[k].item() == pytest.approx(plain_accuracy(network, names, one_copy, evalset))
+    stacked_copies_against_one_at_a_time(network, names, evalset, 2, 0.02)
 
 
 def test_perturbed_sets() -> None:
