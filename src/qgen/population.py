@@ -76,7 +76,7 @@ def _experiments(sliced: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 def figure3_records(results: Sequence[Mapping[str, Any]], sliced: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Figure 3's data: one row per model with its dataset, axes, gap and every measure."""
     rows = []
-    specs = {RunSpec.from_dict(r["spec"]).run_id: RunSpec.from_dict(r["spec"]) for r in results}
+    specs = {spec.run_id: spec for spec in (RunSpec.from_dict(r["spec"]) for r in results)}
     for record in model_records(results, _experiments(sliced)):
         spec = specs[record.run_id]
         rows.append(

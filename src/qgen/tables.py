@@ -201,17 +201,13 @@ def summarize_regularizer(
     for row, precision, result in one_run_per_precision(measures, rows):
         record = _row_record(row, precision, result)
         block = result.get("regularizer") if result["status"] == "ok" else None
-        if block is None:
-            out.append(
-                record | {"bits": PRECISIONS[precision], "at_initial_step": False} | _regularizer_values({})
-            )
-            continue
-        out.append(
-            record
-            | {"bits": PRECISIONS[precision], "at_initial_step": False}
-            | _regularizer_values(block["realized"])
+        realized, initial_steps = (
+            ({}, {}) if block is None else (block["realized"], block.get("initial_step", {}))
         )
-        for bits, initial in block.get("initial_step", {}).items():
+        out.append(
+            record | {"bits": PRECISIONS[precision], "at_initial_step": False} | _regularizer_values(realized)
+        )
+        for bits, initial in initial_steps.items():
             out.append(record | {"bits": int(bits), "at_initial_step": True} | _regularizer_values(initial))
     return out
 
