@@ -18,7 +18,15 @@ from qgen.landscape import LandscapeSettings
 from qgen.measures import MeasureSettings
 from qgen.measures.run import RunOptions
 from qgen.train import OPTIMIZERS, SCHEDULES, SELECTION
-from qgen.vocab import DATASETS, MODEL_ARGUMENTS, PRECISIONS, SUMMARIES
+from qgen.vocab import (
+    COMPILE_MODES,
+    DATASETS,
+    MIXED_PRECISION,
+    MODEL_ARGUMENTS,
+    PACK_MODES,
+    PRECISIONS,
+    SUMMARIES,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -63,6 +71,10 @@ def test_the_schema_enums_are_the_vocabulary() -> None:
     assert experiment["grid"]["properties"]["optimizer"]["propertyNames"]["enum"] == list(OPTIMIZERS)
     assert experiment["select_by"]["enum"] == list(SELECTION)
     assert experiment["schedule"]["enum"] == list(SCHEDULES)
+    top = SCHEMA["properties"]
+    assert top["train_mixed_precision"]["enum"] == list(MIXED_PRECISION)
+    assert top["train_compile"]["enum"] == list(COMPILE_MODES)
+    assert top["train_pack_mode"]["enum"] == list(PACK_MODES)
 
 
 def test_problems_are_one_line_each_naming_the_key() -> None:

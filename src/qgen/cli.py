@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 
 from qgen import __version__
 from qgen.errors import QgenError
-from qgen.vocab import REPORTED, SUMMARIES, TABLE_NAMES
+from qgen.vocab import (
+    COMPILE_MODES,
+    MIXED_PRECISION,
+    REPORTED,
+    SUMMARIES,
+    TABLE_NAMES,
+    execution_options,
+)
 
 if TYPE_CHECKING:
     from qgen.experiments import RunSpec
@@ -64,12 +71,6 @@ def _execution(args: argparse.Namespace) -> Execution:
     return Execution(args.mixed_precision, args.channels_last, args.compile)
 
 
-def _execution_options(args: argparse.Namespace) -> list[str]:
-    """--mixed-precision, --channels-last and --compile as command-line options, to pass on."""
-    layout = "--channels-last" if args.channels_last else "--no-channels-last"
-    return ["--mixed-precision", args.mixed_precision, layout, "--compile", args.compile]
-
-
 def _train_many(args: argparse.Namespace) -> None:
     from qgen.experiments import RunSpec
     from qgen.packing import train_batched, train_many
@@ -88,7 +89,12 @@ def _train_many(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
         status = train_batched(specs, **where, execution=_execution(args))
     else:
-        status = train_many(specs, **where, threads=args.threads, execution_options=_execution_options(args))
+        status = train_many(
+            specs,
+            **where,
+            threads=args.threads,
+            execution_options=execution_options(args.mixed_precision, args.channels_last, args.compile),
+        )
     if status:
         sys.exit(status)
 
@@ -358,10 +364,9 @@ def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str
         default=5.0,
         help="also checkpoint inside an epoch this often (default: 5); always after every epoch",
     )
-    # Choices as qgen.train.MIXED_PRECISION and COMPILE_MODES (repeated: the CLI imports torch lazily).
     p.add_argument(
         "--mixed-precision",
-        choices=("auto", "bf16", "off"),
+        choices=MIXED_PRECISION,
         default="auto",
         help="bf16 autocast of the training forward; auto: on CUDA only (default)",
     )
@@ -373,7 +378,7 @@ def _add_training_options(p: argparse.ArgumentParser, *, threads: tuple[int, str
     )
     p.add_argument(
         "--compile",
-        choices=("off", "default", "reduce-overhead", "max-autotune"),
+        choices=COMPILE_MODES,
         default="off",
         help="torch.compile mode of the training step; reduce-overhead adds CUDA graphs (default: off)",
     )

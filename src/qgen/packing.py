@@ -3,7 +3,7 @@
 The paper's NiN sweep is ~2,000 trainings that each leave most of a modern GPU idle; training a pack of
 them at once on one device costs one GPU for about the time of the slowest member instead of one GPU
 per run (``bench/packing.py`` sums the requested GPU-hours, ``bench/gpu.sh`` measures throughput). A
-pack is trained one of two ways (:data:`MODES`):
+pack is trained one of two ways (:data:`qgen.vocab.PACK_MODES`):
 
 * ``processes``: every member is an ordinary ``qgen train`` subprocess on the same device; it
   checkpoints and resumes on its own. The stop signals (:data:`qgen.stopping.STOP_SIGNALS`) are passed on
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACK_SCHEMA_VERSION = 2
-MODES = ("processes", "batched")
 STEPPING_FIELDS = (
     "experiment",
     "point",

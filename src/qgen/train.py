@@ -59,13 +59,12 @@ from qgen.norms import weight_norm
 from qgen.objective import Objective, build_objective, training_loss
 from qgen.runs import Evaluation, build_model, evaluate, resolve_device, tensors_digest
 from qgen.stopping import STOP_SIGNALS
+from qgen.vocab import COMPILE_MODES, MIXED_PRECISION
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adamw")
 SCHEDULES = ("step", "cosine")
-MIXED_PRECISION = ("auto", "bf16", "off")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 SELECTION = ("epoch_loss", "train_loss")
 PROGRESS_EVERY_S = 30.0
 CHECKPOINT_EVERY_S = 300.0

@@ -64,6 +64,19 @@ QUANT_POLICIES: Mapping[str, str] = {
 VVTQ_MODELS: tuple[str, ...] = ("deit_tiny_patch16_224", "swin_tiny_patch4_window7_224")
 """The models the ``vvtq`` policy knows (:mod:`qgen.vvtq`)."""
 
+MIXED_PRECISION: tuple[str, ...] = ("auto", "bf16", "off")
+"""Mixed precision of training (:class:`qgen.train.Execution`): bf16 autocast on CUDA only, always, never."""
+COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune")
+"""``torch.compile`` modes of the training step (:class:`qgen.train.Execution`); ``off`` is eager."""
+PACK_MODES: tuple[str, ...] = ("processes", "batched")
+"""How a pack of runs trains (:mod:`qgen.packing`): ``qgen train`` processes, or one batched group."""
+
+
+def execution_options(mixed_precision: str, channels_last: bool, compile_mode: str) -> list[str]:
+    """A training execution (:class:`qgen.train.Execution`) as ``qgen train`` options, to pass on."""
+    layout = "--channels-last" if channels_last else "--no-channels-last"
+    return ["--mixed-precision", mixed_precision, layout, "--compile", compile_mode]
+
 
 AUGMENTATIONS: Mapping[str, str] = {
     "none": "none",

@@ -20,7 +20,13 @@ from qgen.experiments import (
 )
 from qgen.packing import lockstep_packs
 from qgen.summary import config_path, summary_path, write_config
-from qgen.vocab import FIGURE_NAMES, REPORTED, SUMMARIES, TABLE_NAMES
+from qgen.vocab import (
+    FIGURE_NAMES,
+    REPORTED,
+    SUMMARIES,
+    TABLE_NAMES,
+    execution_options,
+)
 
 SCHEMA = "../schemas/config.schema.yaml"
 
@@ -332,11 +338,12 @@ SINGLE_EXPERIMENTS = experiments_regex(
 def train_execution(wildcards):
     """How training does its arithmetic (profile keys `train_mixed_precision`, `train_channels_last`,
     `train_compile`), as `qgen train` options."""
-    layout = (
-        "--channels-last" if config["train_channels_last"] else "--no-channels-last"
+    options = execution_options(
+        config["train_mixed_precision"],
+        config["train_channels_last"],
+        config["train_compile"],
     )
-    precision, mode = config["train_mixed_precision"], config["train_compile"]
-    return f"--mixed-precision {precision} {layout} --compile {mode}"
+    return " ".join(options)
 
 
 def pack_options(wildcards):
