@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -326,23 +326,34 @@ def select_point(runs: Iterable[RunSpec], experiment: str, where: Mapping[str, A
     return chosen
 
 
-def pack_runs(runs: Iterable[RunSpec], size: int, models: Iterable[str]) -> dict[str, list[RunSpec]]:
+def pack_runs(
+    runs: Iterable[RunSpec],
+    size: int,
+    models: Iterable[str],
+    group_by: Callable[[RunSpec], Hashable] = lambda run: run.experiment,
+) -> dict[str, list[RunSpec]]:
     """Packs of at most ``size`` runs of the same experiment, for experiments of the given ``models``.
 
-    A pack is trained in one GPU allocation, its runs concurrently (``qgen train-many``). Packs are named
-    ``<experiment>/pack<size>-<index>`` and filled in run order, so a pack's members depend only on the
-    config and ``size``. Runs of other models are not packed.
+    A pack is trained in one GPU allocation, its runs concurrently (``qgen train-many``). Runs are grouped
+    by ``group_by`` (which must separate experiments; groups in the order they first appear), and each
+    group is cut into packs in run order, named ``<experiment>/pack<size>-<index>`` with the index counted
+    per experiment, so a pack's members depend only on the config and ``size``. Runs of other models are
+    not packed.
     """
     if size < 1:
         raise QgenError(f"train_pack size must be >= 1, got {size}")
     packable = set(models)
-    by_experiment: dict[str, list[RunSpec]] = {}
+    groups: dict[Hashable, list[RunSpec]] = {}
     for run in runs:
         if run.model in packable:
-            by_experiment.setdefault(run.experiment, []).append(run)
-    packs = {}
-    for experiment, members in by_experiment.items():
-        for index, start in enumerate(range(0, len(members), size)):
+            groups.setdefault(group_by(run), []).append(run)
+    packs: dict[str, list[RunSpec]] = {}
+    counts: dict[str, int] = {}
+    for members in groups.values():
+        experiment = members[0].experiment
+        for start in range(0, len(members), size):
+            index = counts.get(experiment, 0)
+            counts[experiment] = index + 1
             packs[f"{experiment}/pack{size}-{index:04d}"] = members[start : start + size]
     return packs
 

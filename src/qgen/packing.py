@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from qgen import files
 from qgen.errors import QgenError
-from qgen.experiments import RUN_OUTPUTS, RunSpec, digest_of
+from qgen.experiments import RUN_OUTPUTS, RunSpec, digest_of, pack_runs
 from qgen.provenance import require_digest
 from qgen.stopping import EXIT_STOPPED, STOP_SIGNALS
 
@@ -83,28 +83,11 @@ def require_lockstep(specs: Sequence[RunSpec]) -> None:
 def lockstep_packs(runs: Iterable[RunSpec], size: int, models: Iterable[str]) -> dict[str, list[RunSpec]]:
     """Packs of at most ``size`` runs of one experiment that can train in lockstep, for the ``models``.
 
-    Runs are grouped by experiment and :func:`lockstep_key` (in the order each key first appears), and
-    each group is cut into packs of ``size`` in run order: the NiN sweep's 27 optimizer x learning rate x
-    weight decay points of one depth, width and precision form one group. Packs are named
-    ``<experiment>/pack<size>-<index>`` like :func:`qgen.experiments.pack_runs`'s. Runs of other models
-    are not packed.
+    :func:`qgen.experiments.pack_runs` with runs grouped by experiment and :func:`lockstep_key`: the NiN
+    sweep's 27 optimizer x learning rate x weight decay points of one depth, width and precision form one
+    group, cut into packs of ``size`` in run order.
     """
-    if size < 1:
-        raise QgenError(f"train_pack size must be >= 1, got {size}")
-    packable = set(models)
-    groups: dict[str, list[RunSpec]] = {}
-    for run in runs:
-        if run.model in packable:
-            groups.setdefault(digest_of([run.experiment, lockstep_key(run)]), []).append(run)
-    packs: dict[str, list[RunSpec]] = {}
-    counts: dict[str, int] = {}
-    for members in groups.values():
-        experiment = members[0].experiment
-        for start in range(0, len(members), size):
-            index = counts.get(experiment, 0)
-            counts[experiment] = index + 1
-            packs[f"{experiment}/pack{size}-{index:04d}"] = members[start : start + size]
-    return packs
+    return pack_runs(runs, size, models, group_by=lambda run: digest_of([run.experiment, lockstep_key(run)]))
 
 
 @dataclass(frozen=True)
