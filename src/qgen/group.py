@@ -46,7 +46,7 @@ from qgen.errors import QgenError
 from qgen.experiments import RunSpec
 from qgen.objective import training_loss
 from qgen.packing import require_lockstep
-from qgen.runs import Evaluation, resolve_device
+from qgen.runs import resolve_device
 from qgen.train import (
     CHECKPOINT_EVERY_S,
     Checkpointer,
@@ -223,9 +223,7 @@ class Lockstep:
         stack.set_grads()
         for run in self.active:
             run.optimizer.step()
-        with torch.no_grad():
-            for name in self.step_names:
-                stack.params[name].clamp_(min=quant.STEP_MIN)
+        quant.clamp_steps_([stack.params[name] for name in self.step_names])
         self.loss_sum += losses.detach().float() * len(labels)
         self.correct += correct
         for run in self.active:
@@ -246,9 +244,8 @@ class Lockstep:
         for k, run in enumerate(self.active):
             done = self._progress(k, batch)
             sums = self.running[id(run)]
-            running = Evaluation(done.loss_sum / max(done.seen, 1), done.correct / max(done.seen, 1))
             images_per_s = (done.seen - sums.resumed_seen) / max(now - sums.start, 1e-9)
-            run.end_epoch(epoch, running, images_per_s, train_eval, Replicas())
+            run.end_epoch(epoch, done.running(), images_per_s, train_eval, Replicas())
             run.save(EpochProgress())
             self.running[id(run)] = _Running.of(EpochProgress(), self.dev)
         self.loss_sum.zero_()

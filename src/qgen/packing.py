@@ -102,6 +102,11 @@ class Member:
         """Where the member's ``qgen train`` writes its outputs: inside its spec's state directory."""
         return self.ckpt_dir / self.spec.short_digest / "final"
 
+    @property
+    def finished(self) -> bool:
+        """Whether the member has trained to the end (its ``final/metrics.json`` exists)."""
+        return (self.final_dir / "metrics.json").exists()
+
 
 def members(specs: Sequence[RunSpec], ckpt_root: Path) -> list[Member]:
     """The pack's members, each with its checkpoint directory ``<ckpt_root>/<run_id>``."""
@@ -129,7 +134,7 @@ def train_many(
     threads_each = max(1, threads // max(1, len(pack)))
     running: dict[str, subprocess.Popen[bytes]] = {}
     for member in pack:
-        if (member.final_dir / "metrics.json").exists():
+        if member.finished:
             log.info("%s: already trained", member.spec.run_id)
             continue
         member.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,7 @@ def train_batched(
     from qgen.train import Stopped
 
     pack = members(specs, ckpt_root)
-    pending = [m for m in pack if not (m.final_dir / "metrics.json").exists()]
+    pending = [m for m in pack if not m.finished]
     log.info("training %d of %d runs as one batched group on %s", len(pending), len(pack), device)
     if pending:
         try:

@@ -193,6 +193,10 @@ class EpochProgress:
     correct: int = 0
     seen: int = 0
 
+    def running(self) -> Evaluation:
+        """The mean loss and the accuracy over the images trained so far."""
+        return Evaluation(self.loss_sum / max(self.seen, 1), self.correct / max(self.seen, 1))
+
 
 class Checkpointer:
     """Decides at batch boundaries when to write the resume state, and writes it through ``save``.
@@ -293,8 +297,7 @@ def train_epoch(
         if checkpoint is not None and checkpoint[0].due():
             checkpoint[1](_progress(i, total_loss, correct, seen, replicas))
     images_per_s = (seen - resumed.seen) / max(time.perf_counter() - start, 1e-9)
-    done = _progress(len(loader), total_loss, correct, seen, replicas)
-    return Evaluation(done.loss_sum / max(done.seen, 1), done.correct / max(done.seen, 1)), images_per_s
+    return _progress(len(loader), total_loss, correct, seen, replicas).running(), images_per_s
 
 
 def _progress(

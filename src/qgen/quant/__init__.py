@@ -259,7 +259,8 @@ def offset_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Everything the quantizers learn (steps and offsets): no weight decay, never perturbed by measures."""
+    """Everything the quantizers learn (steps and offsets), which the measures never perturb. (Weight decay:
+    steps per ``step_weight_decay``, offsets as other parameters; :func:`qgen.train.build_optimizer`.)"""
     return step_parameters(model) + offset_parameters(model)
 
 
