@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qgen import files
+from qgen.errors import MissingColumnError
 from qgen.report.claims import CLAIMS, INCONCLUSIVE, Verdict, evaluate
 from qgen.report.compare import compare
 from qgen.report.paper import read_paper_table
@@ -71,6 +72,9 @@ def test_our_values_carry_the_uncertainty_of_their_source() -> None:
     assert gap.uncertainty == pytest.approx(0.4 / math.sqrt(4))  # 4 runs that did not diverge
     single = table1 | {"n_runs": 1, "n_diverged": 0} | {f"{c.key}_std": None for c in TABLE1_COLUMNS}
     assert {v.uncertainty for v in values_of("table1", [single])} == {None}
+    old = {k: v for k, v in table1.items() if k != "n_diverged"}  # a summary of an older qgen
+    with pytest.raises(MissingColumnError, match=r"table1 summary: missing column 'n_diverged'.*--forcerun"):
+        values_of("table1", [old])
     table3 = {"dataset": "D", "model": "M", "precision": "int4", "status": "ok"}
     for m in MEASURES:
         table3 |= {m.name: 2.0, f"{m.name}.low": 1.9, f"{m.name}.high": 2.3}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qgen import __version__
-from qgen.errors import QgenError
+from qgen.errors import MissingColumnError, QgenError
 from qgen.vocab import (
     COMPILE_MODES,
     MIXED_PRECISION,
@@ -146,10 +146,7 @@ def _render(args: argparse.Namespace) -> None:
     try:
         context = tables.context(args.table)(records)
     except KeyError as exc:
-        raise QgenError(
-            f"{args.csv}: missing column {exc.args[0]!r} (written by an older qgen?); rebuild it with "
-            "`snakemake --forcerun summarize <target>`"
-        ) from None
+        raise MissingColumnError(str(args.csv), exc.args[0]) from None
     source = f"{args.csv} (config digest {records[0][summary.PROVENANCE]})"
     files.write_text(args.out, tables.render(args.template, context, source))
     log.info("wrote %s", args.out)

@@ -21,6 +21,16 @@ class CorruptFileError(QgenError):
     """A checkpoint or result file cannot be read (truncated, not the expected format)."""
 
 
+class MissingColumnError(QgenError):
+    """A summary lacks a column this qgen reads: it was written by an older qgen and is rebuilt."""
+
+    def __init__(self, source: str, column: str) -> None:
+        super().__init__(
+            f"{source}: missing column {column!r} (written by an older qgen?); rebuild it with "
+            "`snakemake --forcerun summarize <target>`"
+        )
+
+
 class LockedError(QgenError):
     """Another process holds the lock of a run's checkpoint directory."""
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qgen.errors import QgenError
+from qgen.errors import MissingColumnError, QgenError
 from qgen.tables import TABLE1_COLUMNS
 from qgen.vocab import MEASURES, PRECISION_LABELS, REPORTED
 
@@ -183,10 +183,7 @@ def values_of(source: str, rows: Sequence[Mapping[str, Any]]) -> list[Value]:
                 if number is not None:
                     out.append(Value(source, *cell, quantity, detail, float(number), u))
     except KeyError as exc:
-        raise QgenError(
-            f"{source} summary: missing column {exc.args[0]!r} (written by an older qgen?); rebuild it with "
-            "`snakemake --forcerun summarize <target>`"
-        ) from None
+        raise MissingColumnError(f"{source} summary", exc.args[0]) from None
     return out
 
 
