@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from qgen import data, models, quant
 from qgen.experiments import RunSpec
-from qgen.quant.ops import GradScale, gradient_scale, level_bounds
+from qgen.quant.ops import level_bounds, weight_step
 
 OBR_START = 0.25
 """Fraction of the epochs before the oscillation regularizer switches on (VVTQ's ``rel_decay_start``)."""
@@ -63,7 +63,7 @@ def bin_regularizer(weight: Tensor, step: Tensor, bits: int) -> Tensor:
     ``w_hat / s`` with ``k`` in floating point. Variances are computed about each bin's mean.
     """
     q_n, q_p = level_bounds(bits)
-    s = GradScale.apply(step, gradient_scale(weight.numel(), q_p))
+    s = weight_step(step, weight, bits)
     v = (weight / s).clamp(q_n, q_p)
     w_c = (v * s).flatten()
     codes = v.detach().round().flatten()

@@ -50,6 +50,7 @@ from qgen.quant.ops import (
     initial_step,
     level_bounds,
     lsq_fake_quant,
+    weight_step,
 )
 
 QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -73,7 +74,7 @@ class LSQWeightQuantizer(nn.Module):
     def codes(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """``(w_bar, s)``: the codes of ``weight`` and the (gradient-scaled) step; ``w_hat = w_bar s``."""
         q_n, q_p = level_bounds(self.bits)
-        s = GradScale.apply(self.step, gradient_scale(weight.numel(), q_p))
+        s = weight_step(self.step, weight, self.bits)
         return LSQCodes.apply(weight, s, q_n, q_p), s
 
     def extra_repr(self) -> str:

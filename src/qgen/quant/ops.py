@@ -92,9 +92,7 @@ class LSQFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, s: Tensor, lower: int, upper: int, grad_scale: float) -> Tensor:
-        # In place on the one new tensor: on a CPU a fresh allocation per op costs more than the op.
-        # clamp_min_/clamp_max_ rather than clamp_, which has no batching rule under vmap.
-        return (x / s).clamp_min_(lower).clamp_max_(upper).round_().mul_(s)
+        return LSQCodes.forward(x, s, lower, upper).mul_(s)  # the codes' one new tensor, scaled in place
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -156,6 +154,12 @@ def _where_inside(values: Tensor, v: Tensor, lower: int, upper: int) -> Tensor:
     return torch.ops.aten.hardtanh_backward(values, v, lower, upper)
 
 
+def weight_step(step: Tensor, w: Tensor, bits: int) -> Tensor:
+    """``step`` with LSQ's gradient scale ``1/sqrt(N Q_P)`` for the weight ``w`` at ``bits`` signed bits
+    (:class:`GradScale`): its value, for computations that apply the step themselves."""
+    return GradScale.apply(step, gradient_scale(w.numel(), level_bounds(bits)[1]))
+
+
 def lsq_fake_quant(w: Tensor, s: Tensor, bits: int) -> Tensor:
     """Quantize the weight ``w`` with step ``s`` to ``bits`` signed bits: ``w_hat`` of paper eqs. 1-2.
 
@@ -182,6 +186,8 @@ class LSQCodes(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, s: Tensor, lower: int, upper: int) -> Tensor:
+        # In place on the one new tensor: on a CPU a fresh allocation per op costs more than the op.
+        # clamp_min_/clamp_max_ rather than clamp_, which has no batching rule under vmap.
         return (x / s).clamp_min_(lower).clamp_max_(upper).round_()
 
     @staticmethod
