@@ -152,6 +152,50 @@ def test_fused_gradient_is_the_true_derivative_beyond_the_clip_range() -> None:
     assert torch.autograd.gradcheck(unscaled, (w.requires_grad_(True), s), check_batched_grad=True)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # inside forward_ad
+@pytest.mark.parametrize("name", ["LSQFakeQuantJvp", "LSQCodes", "GradScale"])
+def test_the_classic_twin_computes_what_its_function_computes(name: str) -> None:
+    """``ops.apply`` runs a classic ``forward(ctx, ...)`` twin in eager mode: the same values, gradients,
+    double backward and forward mode, bit for bit, as the ``setup_context`` Function it stands for."""
+    from torch.autograd import forward_ad
+
+    from qgen.quant import ops
+
+    function = getattr(ops, name)
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, generator=generator, dtype=torch.float64) * 3).requires_grad_(True)
+    s = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    args = {"GradScale": (s, 0.3), "LSQCodes": (x, s, -8, 7)}.get(name, (x, s, -8, 7, 0.1))
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    results = []
+    for apply in (function.apply, lambda *a: ops.apply(function, *a)):
+        out = apply(*args)
+        upstream = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+        grads = torch.autograd.grad((out * upstream).sum(), tensors, create_graph=True)
+        curvature = sum((g * g).sum() for g in grads)
+        second = torch.autograd.grad(curvature, tensors, allow_unused=True) if curvature.requires_grad else ()
+        results.append((out.detach(), [g.detach() for g in grads], second))
+    if name == "LSQFakeQuantJvp":  # forward mode in plain eager autograd, against torch.func.jvp's
+        tangents = (torch.ones_like(x), torch.tensor(0.5, dtype=torch.float64))
+        with forward_ad.dual_level():
+            duals = [forward_ad.make_dual(p.detach(), t) for p, t in zip(tensors, tangents, strict=True)]
+            dual_out = ops.apply(function, *duals, *args[2:])
+            eager_tangent = forward_ad.unpack_dual(dual_out).tangent
+        detached = [p.detach() for p in tensors]
+        _, func_tangent = torch.func.jvp(lambda *t: function.apply(*t, *args[2:]), tuple(detached), tangents)
+        assert torch.equal(eager_tangent, func_tangent)
+
+    (out, grads, second), (twin_out, twin_grads, twin_second) = results
+    assert torch.equal(out, twin_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, twin_grads, strict=True))
+    assert all(
+        (a is None and b is None) or torch.equal(a, b) for a, b in zip(second, twin_second, strict=True)
+    )
+    assert type(ops.apply(function, *args).grad_fn).__name__ == f"{name}ClassicBackward"
+    assert type(function.apply(*args).grad_fn).__name__ == f"{name}Backward"
+
+
 def test_fused_op_runs_under_vmap_like_a_loop_and_without_a_batching_fallback() -> None:
     """Stacked copies (weights and steps batched, or weights only), gradients through the vmap, and
     per-copy gradients with ``torch.func.grad`` (batched upstream, shared weights and step)."""

@@ -45,11 +45,11 @@ from qgen.errors import QgenError
 from qgen.quant.ops import (
     GradScale,
     LSQCodes,
+    apply,
     fake_quant,
     gradient_scale,
     initial_step,
     level_bounds,
-    lsq_fake_quant,
     weight_step,
 )
 
@@ -66,16 +66,18 @@ class LSQWeightQuantizer(nn.Module):
     def __init__(self, weight: Tensor, bits: int) -> None:
         super().__init__()
         self.bits = bits
+        self.lower, self.upper = level_bounds(bits)
         self.step = nn.Parameter(initial_step(weight, bits).to(weight.dtype))
 
     def forward(self, weight: Tensor) -> Tensor:
-        return lsq_fake_quant(weight, self.step, self.bits)
+        """:func:`~qgen.quant.ops.lsq_fake_quant` of ``weight`` (its range looked up once)."""
+        grad_scale = gradient_scale(weight.numel(), self.upper)
+        return fake_quant(weight, self.step, self.lower, self.upper, grad_scale)
 
     def codes(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """``(w_bar, s)``: the codes of ``weight`` and the (gradient-scaled) step; ``w_hat = w_bar s``."""
-        q_n, q_p = level_bounds(self.bits)
         s = weight_step(self.step, weight, self.bits)
-        return LSQCodes.apply(weight, s, q_n, q_p), s
+        return apply(LSQCodes, weight, s, self.lower, self.upper), s
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
@@ -110,8 +112,8 @@ class ActivationQuantizer(nn.Module):
 
     def codes(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(x_bar, s)``: the codes and the (gradient-scaled) step; ``x_hat = x_bar s + beta``."""
-        s = GradScale.apply(self.step, self._gradient_scale(x))
-        return LSQCodes.apply(self._shifted(x), s, self.lower, self.upper), s
+        s = apply(GradScale, self.step, self._gradient_scale(x))
+        return apply(LSQCodes, self._shifted(x), s, self.lower, self.upper), s
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, offset={self.offset is not None}"

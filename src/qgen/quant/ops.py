@@ -19,6 +19,10 @@ number of features of the activation; ``x/s`` exactly at a bound counts as clipp
   ``LSQCodes(x, s') * s'`` has the values and LSQ gradients of ``LSQFakeQuant(x, s)``. A quantized layer
   computes on the codes this way where its matrix products run in a 16-bit float (:mod:`qgen.quant.layers`):
   ``|x_bar| <= 256`` is exact in bfloat16, while ``x_bar * s`` is not.
+
+Each is applied through :func:`apply` (:func:`fake_quant` for the first), which runs it as a classic
+``forward(ctx, ...)`` Function in plain eager mode: the ``setup_context`` form, which ``torch.func``
+transforms and TorchDynamo need, costs more per call than the elementwise work of a small layer.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from qgen.errors import QgenError
 
@@ -105,9 +110,8 @@ class LSQFakeQuant(torch.autograd.Function):
         x, s = ctx.saved_tensors
         v = x / s
         grad_x = _where_inside(grad_out, v, ctx.lower, ctx.upper)
-        d_s = _step_derivative(v, ctx.lower, ctx.upper)
-        grad_s = (d_s * grad_out).sum_to_size(s.shape) * ctx.grad_scale
-        return grad_x, grad_s, None, None, None
+        grad_s = _step_derivative_times(grad_out, v, ctx.lower, ctx.upper).sum_to_size(s.shape)
+        return grad_x, grad_s * ctx.grad_scale, None, None, None
 
 
 class LSQFakeQuantJvp(LSQFakeQuant):
@@ -125,27 +129,31 @@ class LSQFakeQuantJvp(LSQFakeQuant):
         v = x / s
         out = torch.zeros_like(v) if x_t is None else _where_inside(x_t, v, ctx.lower, ctx.upper)
         if s_t is not None:
-            out = out + _step_derivative(v, ctx.lower, ctx.upper) * (s_t * ctx.grad_scale)
+            out = out + _step_derivative_times(s_t * ctx.grad_scale, v, ctx.lower, ctx.upper)
         return out
 
 
 def fake_quant(x: Tensor, s: Tensor, lower: int, upper: int, grad_scale: float) -> Tensor:
-    """``LSQFakeQuant.apply``, or the forward-mode variant outside ``torch.compile`` (which graph-breaks on a
-    Function with ``jvp``, and never needs one while training)."""
-    op = LSQFakeQuant if torch.compiler.is_compiling() else LSQFakeQuantJvp
-    return op.apply(x, s, lower, upper, grad_scale)
+    """LSQ's fake quantization of ``x`` (:class:`LSQFakeQuant`), forward mode included outside
+    ``torch.compile`` (which graph-breaks on a Function with ``jvp``, and never needs one while training)."""
+    if torch.compiler.is_compiling():
+        return LSQFakeQuant.apply(x, s, lower, upper, grad_scale)
+    return apply(LSQFakeQuantJvp, x, s, lower, upper, grad_scale)
 
 
-def _step_derivative(v: Tensor, lower: int, upper: int) -> Tensor:
-    """``d x_hat / d s`` per element: ``round(v) - v`` inside the range, the bound outside (LSQ eq. 3).
+def _step_derivative_times(factor: Tensor, v: Tensor, lower: int, upper: int) -> Tensor:
+    """``d x_hat / d s`` per element times ``factor``: ``d = round(v) - v`` inside the range, the bound
+    outside (LSQ eq. 3).
 
-    ``round(clip(v))`` is ``round(v)`` inside and the bound outside; ``v`` is subtracted inside only. In
-    place on ``v`` unless gradients are being recorded (a double backward needs ``v`` as it was).
+    ``round(clip(v))`` is ``round(v)`` inside and the bound outside; ``v`` is subtracted inside only, so
+    ``round(v) - v`` is exact (Sterbenz). In place on ``v`` unless gradients are being recorded (a double
+    backward needs ``v`` as it was). The product is a new tensor: ``factor`` may be batched where ``v`` is
+    not (batched gradients).
     """
     inside_v = _where_inside(v, v, lower, upper)
     if torch.is_grad_enabled():
-        return v.clamp_min(lower).clamp_max(upper).round().sub(inside_v)
-    return v.clamp_min_(lower).clamp_max_(upper).round_().sub_(inside_v)
+        return (F.hardtanh(v, lower, upper).round() - inside_v) * factor
+    return F.hardtanh_(v, lower, upper).round_().sub_(inside_v) * factor
 
 
 def _where_inside(values: Tensor, v: Tensor, lower: int, upper: int) -> Tensor:
@@ -157,7 +165,7 @@ def _where_inside(values: Tensor, v: Tensor, lower: int, upper: int) -> Tensor:
 def weight_step(step: Tensor, w: Tensor, bits: int) -> Tensor:
     """``step`` with LSQ's gradient scale ``1/sqrt(N Q_P)`` for the weight ``w`` at ``bits`` signed bits
     (:class:`GradScale`): its value, for computations that apply the step themselves."""
-    return GradScale.apply(step, gradient_scale(w.numel(), level_bounds(bits)[1]))
+    return apply(GradScale, step, gradient_scale(w.numel(), level_bounds(bits)[1]))
 
 
 def lsq_fake_quant(w: Tensor, s: Tensor, bits: int) -> Tensor:
@@ -187,8 +195,8 @@ class LSQCodes(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, s: Tensor, lower: int, upper: int) -> Tensor:
         # In place on the one new tensor: on a CPU a fresh allocation per op costs more than the op.
-        # clamp_min_/clamp_max_ rather than clamp_, which has no batching rule under vmap.
-        return (x / s).clamp_min_(lower).clamp_max_(upper).round_()
+        # hardtanh_ is clamp_(lower, upper) with a batching rule under vmap (clamp_ has none).
+        return F.hardtanh_(x / s, lower, upper).round_()
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -222,3 +230,37 @@ class GradScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return grad * ctx.g, None
+
+
+def _classic(cls: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """``cls``, a ``setup_context``-style Function, as a classic ``forward(ctx, ...)`` Function: its
+    forward, saved state, backward and forward mode (``jvp``) called as they are."""
+
+    def forward(ctx: Any, *args: Any) -> Tensor:
+        output = cls.forward(*args)
+        cls.setup_context(ctx, args, output)
+        return output
+
+    attrs: dict[str, Any] = {"forward": staticmethod(forward), "backward": staticmethod(cls.backward)}
+    if cls.jvp is not torch.autograd.Function.jvp:
+        attrs["jvp"] = staticmethod(cls.jvp)
+    attrs["__doc__"] = f"{cls.__name__} as a classic Function (:func:`apply`)."
+    return type(f"{cls.__name__}Classic", (torch.autograd.Function,), attrs)
+
+
+_CLASSIC = {cls: _classic(cls) for cls in (LSQFakeQuantJvp, LSQCodes, GradScale)}
+
+
+def apply(cls: type[torch.autograd.Function], *args: Any) -> Tensor:
+    """``cls.apply(*args)``, for ``cls`` one of this module's Functions.
+
+    In plain eager mode it runs ``cls``'s classic twin: ``Function.apply`` binds the arguments of a
+    ``setup_context``-style Function by its signature on every call (``inspect.signature``), which in a
+    CIFAR ResNet-18 training step cost about 0.1 ms per weight quantizer on this project's CPU, more than
+    the quantizer's elementwise work on most of its layers (``bench/lsq_overhead.py``). Under a
+    ``torch.func`` transform (vmap, grad, jvp) or TorchDynamo it runs ``cls`` itself, whose ``setup_context``
+    form they need; both compute the same.
+    """
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return cls.apply(*args)
+    return _CLASSIC[cls].apply(*args)
