@@ -3,18 +3,19 @@
 For each model (NiN depth 4 width 10, the paper's CIFAR-10 model, and the CIFAR ResNet-18), two copies
 are built from the same seed with ``qgen.train.build_model`` (one FP32, one with LSQ weight quantizers
 at ``--precision``) and given SGD with momentum by ``qgen.train.build_optimizer``. A step is what
-``qgen.train.train_epoch`` does per batch: forward, cross-entropy, ``zero_grad``, backward, optimizer
-step and ``quant.clamp_steps_`` (nothing to clamp for the FP32 model), on one fixed random batch of
+``qgen.train.train_epoch`` does per batch in eager mode: forward with the weights quantized in one node
+(``quant.WeightsInOneNode``), cross-entropy, ``zero_grad``, backward, optimizer step and
+``quant.clamp_steps_`` (nothing to quantize or clamp for the FP32 model), on one fixed random batch of
 ``--batch-size`` 32x32 images. A second, identical FP32 copy (``fp32'``) is the control. After warm-up
 the three steps alternate in rotating order (``_timing.interleave``); the script prints their medians,
 the ratio LSQ / FP32, and the control's ratio FP32' / FP32, whose distance from 1 is the noise of the
 run (several percent on a shared 2-core machine). One thread by default, as one training job of a CPU
 sweep runs.
 
-Target: ratio <= 1.05 for every model (issue 13). Exit status 1 if any model fails it. The quantizer is
-one fused node per layer (``quant.LSQFakeQuant``); what remains of the overhead is that node: its
-elementwise passes over the weights and about 70 us of dispatch per layer (the parametrization, the extra
-parameter group and ``clamp_steps_`` together cost under 0.1% of a step).
+Target: ratio <= 1.05 for every model (issue 13). Exit status 1 if any model fails it. What remains of
+the overhead is the quantizer's elementwise passes over the weights (``quant.LSQFakeQuantMany``, the
+per-tensor code of ``quant.LSQFakeQuant``) and the cost of a separate quantized weight to the layers
+around it; ``bench/RESULTS.md`` has the breakdown.
 
     python bench/lsq_overhead.py                        # defaults, ~100 s
     python bench/lsq_overhead.py --depth 2 --width 2 --repeats 3 --models nin   # quick check
@@ -92,9 +93,11 @@ def training_step(
     images = images.contiguous(memory_format=memory_format)
     optimizer = build_optimizer(model, spec_)
     steps = quant.step_parameters(model)
+    weights = quant.WeightsInOneNode(model)
 
     def step() -> None:
-        loss = F.cross_entropy(model(images), labels)
+        with weights.quantized():
+            loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

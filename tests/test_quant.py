@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -231,6 +232,72 @@ def test_fused_op_runs_under_vmap_like_a_loop_and_without_a_batching_fallback() 
         expected = torch.autograd.grad(loss(w[0], shared, upstream[i]), (w, shared))
         torch.testing.assert_close(per_copy[0][i], expected[0][0])
         torch.testing.assert_close(per_copy[1][i], expected[1])
+
+
+def test_one_node_for_many_tensors_computes_each_tensors_fake_quantization() -> None:
+    """Values and gradients of ``LSQFakeQuantMany`` equal the per-tensor op's bit for bit; an output that
+    gets no gradient gives its weight and step none, as an unused per-tensor op does."""
+    generator = torch.Generator().manual_seed(4)
+    xs = [
+        (torch.randn(*shape, generator=generator) * 2).requires_grad_(True)
+        for shape in ((5, 3), (7,), (2, 2))
+    ]
+    steps = [torch.tensor(v, requires_grad=True) for v in (0.3, 0.5, 0.2)]
+    ranges = ((-8, 7, 0.1), (0, 15, 0.2), (-2, 1, 0.3))
+    upstream = [torch.randn(x.shape, generator=generator) for x in xs[:2]]  # the third output is unused
+
+    many = quant.LSQFakeQuantMany.apply(ranges, *xs, *steps)
+    one = [quant.LSQFakeQuant.apply(x, s, *r) for x, s, r in zip(xs, steps, ranges, strict=True)]
+    assert all(torch.equal(a, b) for a, b in zip(many, one, strict=True))
+    grads = [
+        torch.autograd.grad(
+            sum((o * u).sum() for o, u in zip(outs[:2], upstream, strict=True)), xs + steps, allow_unused=True
+        )
+        for outs in (many, one)
+    ]
+    assert grads[0][2] is None and grads[0][5] is None and grads[1][2] is None and grads[1][5] is None
+    assert all(
+        (a is None and b is None) or torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True)
+    )
+
+
+@pytest.mark.parametrize("precision", [{}, {"activation_bits": 4}])
+def test_weights_quantized_in_one_node_train_bit_for_bit_as_each_layer_quantizing_its_own(
+    precision: dict,
+) -> None:
+    """Three SGD steps of a quantized net with ``WeightsInOneNode`` and without: equal weights, steps and
+    gradients; the block leaves no weight behind, and does nothing under autocast (codes path)."""
+    images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % 5
+    trained = []
+    for in_one_node in (False, True):
+        model = quant.quantize_model(wa_net(), 4, example=images[:1], **precision)
+        if precision:
+            quant.calibrate_activations(model, images)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        weights = quant.WeightsInOneNode(model)
+        assert len(weights.layers) == 2  # the first and last layers keep float weights
+        for _ in range(3):
+            with weights.quantized() if in_one_node else contextlib.nullcontext():
+                if in_one_node:
+                    assert all(layer.weight_in_one_node is not None for layer in weights.layers)
+                loss = nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert all(layer.weight_in_one_node is None for layer in weights.layers)
+        trained.append(
+            ({k: v.clone() for k, v in model.state_dict().items()}, [p.grad for p in model.parameters()])
+        )
+    (state, grads), (one_node_state, one_node_grads) = trained
+    assert all(torch.equal(state[k], one_node_state[k]) for k in state)
+    assert all(torch.equal(a, b) for a, b in zip(grads, one_node_grads, strict=True))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), weights.quantized():
+        assert all(layer.weight_in_one_node is None for layer in weights.layers)
+    with pytest.raises(RuntimeError, match="inside"), weights.quantized():
+        raise RuntimeError("inside")
+    assert all(layer.weight_in_one_node is None for layer in weights.layers)
 
 
 class CompositeQuantizer(quant.LSQWeightQuantizer):

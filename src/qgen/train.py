@@ -270,6 +270,8 @@ def train_epoch(
     loader.set_epoch(epoch, start=progress.batch)
     device = next(model.parameters()).device
     steps = quant.step_parameters(model)
+    # An eager step quantizes every weight in one node; a compiled one fuses the layers' quantizers itself.
+    one_node = quant.WeightsInOneNode(model).quantized if execution.compile == "off" else nullcontext
     # The resumed sums enter once, on rank 0, so that adding over processes counts them once.
     resumed = progress if replicas.writer else EpochProgress()
     total_loss = torch.tensor(resumed.loss_sum, device=device)
@@ -277,7 +279,7 @@ def train_epoch(
     seen = resumed.seen
     start = last_report = time.perf_counter()
     for i, (images, labels) in enumerate(loader, progress.batch + 1):
-        with execution.autocast(device):
+        with execution.autocast(device), one_node():
             logits = model(execution.batch(images))
             loss = (
                 training_loss(logits, labels)

@@ -34,7 +34,9 @@ later GPUs) rounds ``q s`` to 11 significant bits and is not detected (docs/deci
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +47,7 @@ from qgen.errors import QgenError
 from qgen.quant.ops import (
     GradScale,
     LSQCodes,
+    LSQFakeQuantMany,
     apply,
     fake_quant,
     gradient_scale,
@@ -161,13 +164,23 @@ class QuantizedLayer(nn.Module):
     """
 
     input_quantizer: ActivationQuantizer | None
+    weight_in_one_node: Tensor | None = None
+    """``w_hat`` while :class:`WeightsInOneNode` has quantized the model's weights, else ``None``."""
 
     def forward(self, x: Tensor) -> Tensor:
         if computes_on_codes(x) and weight_quantizer(self) is not None:
             return self.forward_on_codes(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
+        if self.weight_in_one_node is not None:
+            return self._forward_with(x, self.weight_in_one_node)
         return super().forward(x)
+
+    def _forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The layer's own forward with ``weight`` in place of ``self.weight``."""
+        if isinstance(self, nn.Linear):
+            return F.linear(x, weight, self.bias)
+        return self._conv_forward(x, weight, self.bias)
 
     def forward_on_codes(self, x: Tensor) -> Tensor:
         """``s_x s_w layer(x_bar, w_bar) + beta s_w rowsum(w_bar) + b``, scaled and summed in float32.
@@ -232,6 +245,56 @@ def quantize_layer(
     layer.register_module("input_quantizer", input_quantizer)
     if weight_bits is not None:
         parametrize.register_parametrization(layer, "weight", LSQWeightQuantizer(layer.weight, weight_bits))
+
+
+class WeightsInOneNode:
+    """Every quantized weight of a model computed by one autograd node per forward pass.
+
+    Inside ``with weights.quantized():`` the model's quantized layers use weights that one
+    :class:`~qgen.quant.ops.LSQFakeQuantMany` node quantized on entry, in place of each layer's own
+    quantizer: the same values and gradients, bit for bit, with one Python call for all weights in each
+    direction instead of one per layer (inside a training step such a call costs more than the
+    elementwise work of a small layer's weight on a CPU; ``bench/lsq_overhead.py``). The node's backward runs
+    once every weight's gradient has arrived. The latent weights and steps are those at construction:
+    build it after loading a checkpoint, once per epoch.
+
+    Nothing is done under autocast, where quantized layers compute on integer codes
+    (:func:`computes_on_codes`), or for a model without weight quantizers. Plain eager autograd only: not
+    under ``torch.func`` transforms or ``torch.compile``, which see the per-layer quantizers.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers: list[QuantizedLayer] = []
+        self.ranges: list[tuple[int, int, float]] = []
+        self.tensors: list[Tensor] = []
+        steps = []
+        for layer in model.modules():
+            quantizer = weight_quantizer(layer)
+            if isinstance(layer, QuantizedLayer) and quantizer is not None:
+                latent = layer.parametrizations.weight.original
+                self.layers.append(layer)
+                self.ranges.append(
+                    (quantizer.lower, quantizer.upper, gradient_scale(latent.numel(), quantizer.upper))
+                )
+                self.tensors.append(latent)
+                steps.append(quantizer.step)
+        self.tensors += steps
+
+    @contextlib.contextmanager
+    def quantized(self) -> Iterator[None]:
+        """The block in which the layers use the weights quantized in one node on entry."""
+        if not self.layers or torch.is_autocast_enabled(self.tensors[0].device.type):
+            yield
+            return
+        for layer, w_hat in zip(
+            self.layers, LSQFakeQuantMany.apply(tuple(self.ranges), *self.tensors), strict=True
+        ):
+            layer.weight_in_one_node = w_hat
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.weight_in_one_node = None
 
 
 def weight_quantizer(layer: nn.Module) -> LSQWeightQuantizer | None:

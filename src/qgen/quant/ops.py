@@ -108,10 +108,7 @@ class LSQFakeQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
         x, s = ctx.saved_tensors
-        v = x / s
-        grad_x = _where_inside(grad_out, v, ctx.lower, ctx.upper)
-        grad_s = _step_derivative_times(grad_out, v, ctx.lower, ctx.upper).sum_to_size(s.shape)
-        return grad_x, grad_s * ctx.grad_scale, None, None, None
+        return *_gradients(x, s, grad_out, ctx.lower, ctx.upper, ctx.grad_scale), None, None, None
 
 
 class LSQFakeQuantJvp(LSQFakeQuant):
@@ -131,6 +128,47 @@ class LSQFakeQuantJvp(LSQFakeQuant):
         if s_t is not None:
             out = out + _step_derivative_times(s_t * ctx.grad_scale, v, ctx.lower, ctx.upper)
         return out
+
+
+class LSQFakeQuantMany(torch.autograd.Function):
+    """:class:`LSQFakeQuant` of several tensors in one node: ``apply(ranges, *xs, *steps)`` returns the
+    fake-quantized ``x_hat`` of each ``x`` with its step and its ``(lower, upper, grad_scale)`` range.
+
+    Outputs and gradients come from the same per-tensor code as :class:`LSQFakeQuant`'s, so they are equal
+    bit for bit; an output that gets no gradient gives its inputs none. What one node saves is a Python
+    call per tensor in each direction, whose cost inside a training step exceeds the elementwise work of
+    a small layer (:class:`qgen.quant.WeightsInOneNode`). Plain eager autograd only: no vmap rule, no
+    forward mode.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, ranges: tuple[tuple[int, int, float], ...], *tensors: Tensor) -> tuple[Tensor, ...]:
+        xs, steps = tensors[: len(ranges)], tensors[len(ranges) :]
+        ctx.ranges = ranges
+        ctx.save_for_backward(*tensors)
+        ctx.set_materialize_grads(False)
+        return tuple(LSQFakeQuant.forward(x, s, *r) for x, s, r in zip(xs, steps, ranges, strict=True))
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outs: Tensor | None) -> tuple[Tensor | None, ...]:
+        tensors = ctx.saved_tensors
+        xs, steps = tensors[: len(ctx.ranges)], tensors[len(ctx.ranges) :]
+        grads = [
+            (None, None) if grad is None else _gradients(x, s, grad, *r)
+            for x, s, grad, r in zip(xs, steps, grad_outs, ctx.ranges, strict=True)
+        ]
+        return None, *(g for g, _ in grads), *(g for _, g in grads)
+
+
+def _gradients(
+    x: Tensor, s: Tensor, grad_out: Tensor, lower: int, upper: int, grad_scale: float
+) -> tuple[Tensor, Tensor]:
+    """``(dL/dx, dL/ds)`` of LSQ's fake quantization for the upstream gradient ``grad_out``
+    (:class:`LSQFakeQuant`, Esser et al. eq. 3 and §2.2)."""
+    v = x / s
+    grad_x = _where_inside(grad_out, v, lower, upper)
+    grad_s = _step_derivative_times(grad_out, v, lower, upper).sum_to_size(s.shape)
+    return grad_x, grad_s * grad_scale
 
 
 def fake_quant(x: Tensor, s: Tensor, lower: int, upper: int, grad_scale: float) -> Tensor:
