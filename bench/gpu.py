@@ -166,9 +166,10 @@ def single_steps(
     optimizer = build_optimizer(model, run)
     steps = quant.step_parameters(model)
     forward = execution.compiled(model)
+    weights_quantized = execution.weights_quantized(model)
 
     def step(images: Tensor, labels: Tensor) -> None:
-        with execution.autocast(dev):
+        with execution.autocast(dev), weights_quantized():
             loss = training_loss(forward(execution.batch(images)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -87,7 +87,8 @@ class Execution:
     ``"auto"`` means bf16 on CUDA and off elsewhere. ``channels_last``: the model's 4-d tensors and every
     batch in ``torch.channels_last`` layout (faster convolutions on CPUs and tensor cores alike).
     ``compile``: ``torch.compile`` mode of the training forward (``"off"``: eager; ``"reduce-overhead"``
-    also captures CUDA graphs).
+    also captures CUDA graphs). An eager step quantizes the model's weights in one node
+    (:meth:`weights_quantized`), which changes no number.
     """
 
     mixed_precision: str = "auto"
@@ -124,6 +125,13 @@ class Execution:
     def batch(self, images: Tensor) -> Tensor:
         """A batch of images in this execution's memory layout."""
         return images.contiguous(memory_format=self.memory_format)
+
+    def weights_quantized(self, model: nn.Module) -> Callable[[], AbstractContextManager[object]]:
+        """The context of a training forward of ``model``: its weights quantized in one node in eager mode
+        (:class:`qgen.quant.WeightsInOneNode`); a compiled step fuses the layers' quantizers itself."""
+        if self.compile != "off":
+            return nullcontext
+        return quant.WeightsInOneNode(model).quantized
 
     def compiled(self, step: Compilable) -> Compilable:
         """``step`` (a module or a function) under ``torch.compile`` in this execution's mode, or ``step``
@@ -270,8 +278,7 @@ def train_epoch(
     loader.set_epoch(epoch, start=progress.batch)
     device = next(model.parameters()).device
     steps = quant.step_parameters(model)
-    # An eager step quantizes every weight in one node; a compiled one fuses the layers' quantizers itself.
-    one_node = quant.WeightsInOneNode(model).quantized if execution.compile == "off" else nullcontext
+    weights_quantized = execution.weights_quantized(model)
     # The resumed sums enter once, on rank 0, so that adding over processes counts them once.
     resumed = progress if replicas.writer else EpochProgress()
     total_loss = torch.tensor(resumed.loss_sum, device=device)
@@ -279,7 +286,7 @@ def train_epoch(
     seen = resumed.seen
     start = last_report = time.perf_counter()
     for i, (images, labels) in enumerate(loader, progress.batch + 1):
-        with execution.autocast(device), one_node():
+        with execution.autocast(device), weights_quantized():
             logits = model(execution.batch(images))
             loss = (
                 training_loss(logits, labels)
