@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import signal
@@ -497,6 +498,51 @@ def test_a_wa_run_calibrates_on_a_fresh_start_only_and_resumes_to_the_same_resul
     inputs = [k for k in init if k.endswith("input_quantizer.step")]
     assert len(inputs) == len(quant.step_sizes_of_state(init)) > 0
     assert all(init[k].item() == 1.0 != trained[k].item() for k in inputs)
+
+
+def test_a_model_with_dropout_resumes_its_random_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MobileNet-V2's dropout draws from torch's global generator: a run that dies after an epoch resumes
+    that generator from its state, so its weights equal an uninterrupted run's (dropout would otherwise
+    draw epoch 2's masks from the state the model's initialisation left)."""
+    spec = tiny_spec(model="mobilenet_v2", model_args={}, epochs=2, milestones=[], n_train=128, n_test=64)
+    torch.set_num_threads(1)
+
+    def run(name: str) -> None:
+        train(
+            spec,
+            data_root=tmp_path / "data",
+            out_dir=tmp_path / name / "out",
+            ckpt_dir=tmp_path / name / "ckpt",
+            device="cpu",
+        )
+
+    run("reference")
+    epochs = train_epoch
+
+    def dies_in_epoch_2(*args: object, **kwargs: object) -> object:
+        if args[3] == 2:
+            raise RuntimeError("killed")
+        return epochs(*args, **kwargs)
+
+    monkeypatch.setattr("qgen.train.train_epoch", dies_in_epoch_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        run("victim")
+    monkeypatch.setattr("qgen.train.train_epoch", epochs)
+    state_path = state_dir(tmp_path / "victim" / "ckpt", spec) / "state.pt"
+    older = torch.load(state_path, weights_only=True)
+    assert set(older.pop("rng")) == {"cpu"}
+    torch.save(older, tmp_path / "older.pt")
+    run("victim")
+    assert_same_run(tmp_path / "reference" / "out", tmp_path / "victim" / "out")
+
+    # A state an older qgen wrote has no random-number state: it resumes, and says what that means.
+    (tmp_path / "victim" / "out" / "metrics.json").unlink()
+    state_path.write_bytes((tmp_path / "older.pt").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="qgen.train"):
+        run("victim")
+    assert f"{state_path} holds no random-number state (an older qgen wrote it)" in caplog.text
 
 
 # --- how the arithmetic is done (qgen.train.Execution): fast paths against the plain one

@@ -14,8 +14,9 @@ The state is rewritten atomically after every epoch, every ``checkpoint_every_s`
 SIGUSR1 (SLURM's preemption and time-limit warnings) or SIGINT (Ctrl-C) arrives, after which training
 stops with :class:`Stopped`. A job killed at any point (SIGKILL, node loss) restarts from its last
 checkpoint and ends with the same weights and metrics as an uninterrupted run: data order and
-augmentation are a function of ``(seed, epoch)`` only, and the loaders skip the batches an interrupted
-epoch had already trained on. The initial weights are rebuilt from the seed on every start and checked
+augmentation are a function of ``(seed, epoch)`` only, the loaders skip the batches an interrupted
+epoch had already trained on, and torch's global random-number state, which dropout and drop path draw
+from, is saved with the state and restored (under data parallelism every process restores the writer's). The initial weights are rebuilt from the seed on every start and checked
 against the digest the state recorded, so ``init.pt`` is always the W0 of this very spec.
 
 How the arithmetic is carried out is an :class:`Execution`, not part of the run spec: bf16 autocast
@@ -339,6 +340,9 @@ class TrainState:
     init_digest: str
     progress: dict[str, Any] = field(default_factory=lambda: asdict(EpochProgress()))
     mixed_precision: str = "off"
+    rng: dict[str, Tensor] = field(default_factory=dict)
+    """torch's global random-number state when the state was saved (:func:`rng_state`); empty in a state
+    written before qgen recorded it."""
 
     @classmethod
     def fresh(cls, model: nn.Module, spec: RunSpec, init_digest: str, mixed_precision: str) -> TrainState:
@@ -358,6 +362,22 @@ class TrainState:
             init_digest=init_digest,
             mixed_precision=mixed_precision,
         )
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """torch's global random-number state on the CPU and on a CUDA ``device``: what dropout and drop path
+    draw from (data order and augmentation have generators of their own, :mod:`qgen.data`)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore what :func:`rng_state` recorded (the CUDA part on a CUDA ``device`` only)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _clone(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -545,6 +565,15 @@ class Trainee:
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
+            if state.rng:
+                set_rng_state(state.rng, dev)
+            else:
+                log.warning(
+                    "%s: %s holds no random-number state (an older qgen wrote it): dropout and drop-path "
+                    "draws after this resume differ from an uninterrupted run's",
+                    spec.run_id,
+                    state_path,
+                )
             log.info(
                 "%s: resuming after epoch %d of %d, batch %d",
                 spec.run_id,
@@ -571,6 +600,7 @@ class Trainee:
         state.model = _clone(self.model.state_dict())  # a copy: the weights may be views of a group's stack
         state.optimizer = self.optimizer.state_dict()
         state.scheduler = self.scheduler.state_dict()
+        state.rng = rng_state(next(self.model.parameters()).device)
         if self.writer:
             # vars(), not asdict(): asdict deep-copies tensors and rebuilds the scheduler's Counter wrongly.
             files.save_torch(self.state_path, vars(state))
