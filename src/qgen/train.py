@@ -16,8 +16,9 @@ stops with :class:`Stopped`. A job killed at any point (SIGKILL, node loss) rest
 checkpoint and ends with the same weights and metrics as an uninterrupted run: data order and
 augmentation are a function of ``(seed, epoch)`` only, the loaders skip the batches an interrupted
 epoch had already trained on, and torch's global random-number state, which dropout and drop path draw
-from, is saved with the state and restored (under data parallelism every process restores the writer's). The initial weights are rebuilt from the seed on every start and checked
-against the digest the state recorded, so ``init.pt`` is always the W0 of this very spec.
+from, is saved with the state and restored (under data parallelism every process restores the writer's).
+The initial weights are rebuilt from the seed on every start and checked against the digest the state
+recorded, so ``init.pt`` is always the W0 of this very spec.
 
 How the arithmetic is carried out is an :class:`Execution`, not part of the run spec: bf16 autocast
 (on by default on CUDA, off on a CPU), channels-last tensors (on by default) and ``torch.compile`` (off
