@@ -295,6 +295,13 @@ def test_weights_quantized_in_one_node_train_bit_for_bit_as_each_layer_quantizin
 
     with torch.autocast("cpu", dtype=torch.bfloat16), weights.quantized():
         assert all(layer.weight_in_one_node is None for layer in weights.layers)
+    # Other latent weights (functional_call) are quantized by the layer, not replaced by the node's.
+    name = "3.parametrizations.weight.original"
+    other = {name: dict(model.named_parameters())[name].detach() * 1.5}
+    outside = torch.func.functional_call(model, other, (images,))
+    with weights.quantized():
+        assert torch.equal(torch.func.functional_call(model, other, (images,)), outside)
+        assert not torch.equal(model(images), outside)
     with pytest.raises(RuntimeError, match="inside"), weights.quantized():
         raise RuntimeError("inside")
     assert all(layer.weight_in_one_node is None for layer in weights.layers)

@@ -164,16 +164,19 @@ class QuantizedLayer(nn.Module):
     """
 
     input_quantizer: ActivationQuantizer | None
-    weight_in_one_node: Tensor | None = None
-    """``w_hat`` while :class:`WeightsInOneNode` has quantized the model's weights, else ``None``."""
+    weight_in_one_node: tuple[Tensor, Tensor] | None = None
+    """``(latent, w_hat)`` while :class:`WeightsInOneNode` has quantized the model's weights, else ``None``;
+    ``w_hat`` serves only while the layer's latent weight is ``latent`` (not, say, under
+    ``torch.func.functional_call`` with other weights)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if computes_on_codes(x) and weight_quantizer(self) is not None:
             return self.forward_on_codes(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        if self.weight_in_one_node is not None:
-            return self._forward_with(x, self.weight_in_one_node)
+        one_node = self.weight_in_one_node
+        if one_node is not None and one_node[0] is self.parametrizations.weight.original:
+            return self._forward_with(x, one_node[1])
         return super().forward(x)
 
     def _forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
@@ -266,8 +269,8 @@ class WeightsInOneNode:
     def __init__(self, model: nn.Module) -> None:
         self.layers: list[QuantizedLayer] = []
         self.ranges: list[tuple[int, int, float]] = []
-        self.tensors: list[Tensor] = []
-        steps = []
+        self.latents: list[Tensor] = []
+        self.steps: list[Tensor] = []
         for layer in model.modules():
             quantizer = weight_quantizer(layer)
             if isinstance(layer, QuantizedLayer) and quantizer is not None:
@@ -276,20 +279,18 @@ class WeightsInOneNode:
                 self.ranges.append(
                     (quantizer.lower, quantizer.upper, gradient_scale(latent.numel(), quantizer.upper))
                 )
-                self.tensors.append(latent)
-                steps.append(quantizer.step)
-        self.tensors += steps
+                self.latents.append(latent)
+                self.steps.append(quantizer.step)
 
     @contextlib.contextmanager
     def quantized(self) -> Iterator[None]:
         """The block in which the layers use the weights quantized in one node on entry."""
-        if not self.layers or torch.is_autocast_enabled(self.tensors[0].device.type):
+        if not self.layers or torch.is_autocast_enabled(self.latents[0].device.type):
             yield
             return
-        for layer, w_hat in zip(
-            self.layers, LSQFakeQuantMany.apply(tuple(self.ranges), *self.tensors), strict=True
-        ):
-            layer.weight_in_one_node = w_hat
+        w_hats = LSQFakeQuantMany.apply(tuple(self.ranges), *self.latents, *self.steps)
+        for layer, latent, w_hat in zip(self.layers, self.latents, w_hats, strict=True):
+            layer.weight_in_one_node = (latent, w_hat)
         try:
             yield
         finally:
