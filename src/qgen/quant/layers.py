@@ -74,8 +74,12 @@ class LSQWeightQuantizer(nn.Module):
 
     def forward(self, weight: Tensor) -> Tensor:
         """:func:`~qgen.quant.ops.lsq_fake_quant` of ``weight`` (its range looked up once)."""
-        grad_scale = gradient_scale(weight.numel(), self.upper)
-        return fake_quant(weight, self.step, self.lower, self.upper, grad_scale)
+        return fake_quant(weight, self.step, *self.range_of(weight))
+
+    def range_of(self, weight: Tensor) -> tuple[int, int, float]:
+        """``(lower, upper, grad_scale)`` of LSQ's fake quantization of ``weight``: the signed range of
+        :attr:`bits` and the gradient scale ``1/sqrt(N Q_P)`` of its ``N`` weights."""
+        return self.lower, self.upper, gradient_scale(weight.numel(), self.upper)
 
     def codes(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """``(w_bar, s)``: the codes of ``weight`` and the (gradient-scaled) step; ``w_hat = w_bar s``."""
@@ -276,9 +280,7 @@ class WeightsInOneNode:
             if isinstance(layer, QuantizedLayer) and quantizer is not None:
                 latent = layer.parametrizations.weight.original
                 self.layers.append(layer)
-                self.ranges.append(
-                    (quantizer.lower, quantizer.upper, gradient_scale(latent.numel(), quantizer.upper))
-                )
+                self.ranges.append(quantizer.range_of(latent))
                 self.latents.append(latent)
                 self.steps.append(quantizer.step)
 
