@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from qgen import quant
 from qgen.experiments import RunSpec
 from qgen.runs import build_model
-from qgen.train import build_optimizer
+from qgen.train import PLAIN, build_optimizer
 
 from _timing import Target, interleave, median, set_threads, spread, verdict
 
@@ -93,10 +93,10 @@ def training_step(
     images = images.contiguous(memory_format=memory_format)
     optimizer = build_optimizer(model, spec_)
     steps = quant.step_parameters(model)
-    weights = quant.WeightsInOneNode(model)
+    weights_quantized = PLAIN.weights_quantized(model)  # as train_epoch's eager step quantizes them
 
     def step() -> None:
-        with weights.quantized():
+        with weights_quantized():
             loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
